@@ -1,0 +1,233 @@
+//! Types shared by the eBPF programs and the loader: map keys, map values and
+//! the layout constants both sides must agree on.
+//!
+//! Everything here is `#[repr(C)]` and free of padding holes the kernel could
+//! leave uninitialised, so the loader can read the maps back byte for byte.
+#![cfg_attr(not(test), no_std)]
+
+/// IANA protocol numbers of the transports whose destination port we match.
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_SCTP: u8 = 132;
+
+/// Number of protocols the rule table has a plane for (tcp, udp, sctp).
+pub const PROTO_PLANES: u32 = 3;
+/// Entries in the `RULES` array: one per (protocol, port).
+pub const RULE_SLOTS: u32 = PROTO_PLANES * 65536;
+
+/// Attach points one pin directory can hold (host NICs + sbox veths).
+pub const MAX_ATTACH_POINTS: u32 = 64;
+/// Rules that may carry counters at once; ranges count one per port.
+pub const MAX_COUNTED_RULES: u32 = 65536;
+/// Source prefixes across all allowlists, per address family.
+pub const MAX_ALLOW_PREFIXES: u32 = 16384;
+
+/// The plane of the rule table a transport protocol uses, or `None` for a
+/// protocol we do not filter.
+#[inline(always)]
+pub fn proto_plane(ip_proto: u8) -> Option<u32> {
+    match ip_proto {
+        IPPROTO_TCP => Some(0),
+        IPPROTO_UDP => Some(1),
+        IPPROTO_SCTP => Some(2),
+        _ => None,
+    }
+}
+
+/// Index of (protocol plane, port) in the `RULES` array.
+#[inline(always)]
+pub fn rule_slot(plane: u32, port: u16) -> u32 {
+    (plane << 16) | port as u32
+}
+
+/// What a rule does with a matching packet.
+pub mod action {
+    /// No rule: the slot is empty.
+    pub const NONE: u8 = 0;
+    /// Drop the packet.
+    pub const BLOCK: u8 = 1;
+    /// Count the packet as "would drop" and let it through.
+    pub const AUDIT: u8 = 2;
+}
+
+/// Bits of [`Rule::flags`].
+pub mod rule_flags {
+    /// Sources in the allowlist tries (keyed by this rule) go through.
+    pub const HAS_ALLOWLIST: u8 = 1;
+}
+
+/// One slot of the `RULES` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    pub action: u8,
+    pub flags: u8,
+    /// Kept zero; room for the rule's owners without changing the value size.
+    pub reserved: u16,
+}
+
+/// Key of a rule in the hash-keyed maps (counters, allowlists).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// IANA protocol number (6, 17 or 132).
+    pub proto: u8,
+    pub pad: u8,
+}
+
+impl RuleKey {
+    pub const fn new(proto: u8, port: u16) -> Self {
+        Self {
+            port,
+            proto,
+            pad: 0,
+        }
+    }
+}
+
+/// Per-CPU packet and byte counts of one rule: drops for `block`, would-be
+/// drops for `audit`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-CPU counts of one attach point. The buckets are disjoint: every packet
+/// the program sees lands in exactly one, so "seen" is their sum.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttachCounters {
+    /// Dropped by a `block` rule.
+    pub dropped: u64,
+    /// Parsed and passed: no rule, not a filtered protocol, or a later fragment.
+    pub passed: u64,
+    /// Passed because the rule is in audit mode.
+    pub audited: u64,
+    /// Passed because the source is in the rule's allowlist.
+    pub allowed: u64,
+    /// Malformed or truncated headers: passed to the kernel untouched.
+    pub not_parsed: u64,
+}
+
+/// LPM-trie key data for an IPv4 source allowlist: the rule, then the address.
+/// Lookups use a prefix of 32 + 32 bits, entries 32 + the CIDR length, so
+/// the rule part always matches exactly.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowKeyV4 {
+    pub rule: RuleKey,
+    pub addr: [u8; 4],
+}
+
+/// LPM-trie key data for an IPv6 source allowlist.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowKeyV6 {
+    pub rule: RuleKey,
+    pub addr: [u8; 16],
+}
+
+/// Bits of the LPM prefix taken by the rule part of an allowlist key.
+pub const ALLOW_RULE_PREFIX_BITS: u32 = 32;
+
+/// Which hook an attach point uses ([`AttachInfo::hook`]).
+pub mod hook {
+    pub const XDP: u8 = 1;
+    pub const TC: u8 = 2;
+}
+
+/// How an XDP program is attached ([`AttachInfo::xdp_mode`]).
+pub mod xdp_mode {
+    pub const NONE: u8 = 0;
+    pub const NATIVE: u8 = 1;
+    pub const GENERIC: u8 = 2;
+}
+
+/// Bytes of an interface name, NUL included (IFNAMSIZ).
+pub const IFNAME_LEN: usize = 16;
+/// Bytes kept of a network namespace path (NUL padded).
+pub const NETNS_PATH_LEN: usize = 256;
+
+/// One slot of `ATTACH_INFO`: where an attach point is, so that `status`,
+/// `stats` and `detach` can describe it after the attaching process is gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachInfo {
+    /// 1 while the slot describes a live (pinned) attach point.
+    pub in_use: u8,
+    pub hook: u8,
+    pub xdp_mode: u8,
+    pub pad: u8,
+    pub ifindex: u32,
+    pub prog_id: u32,
+    pub link_id: u32,
+    /// Identity of the network namespace (st_dev, st_ino of its nsfs file).
+    pub netns_dev: u64,
+    pub netns_ino: u64,
+    /// Seconds since the Unix epoch.
+    pub attached_at: u64,
+    pub ifname: [u8; IFNAME_LEN],
+    /// Empty for the namespace the loader ran in.
+    pub netns_path: [u8; NETNS_PATH_LEN],
+}
+
+impl Default for AttachInfo {
+    fn default() -> Self {
+        Self {
+            in_use: 0,
+            hook: 0,
+            xdp_mode: 0,
+            pad: 0,
+            ifindex: 0,
+            prog_id: 0,
+            link_id: 0,
+            netns_dev: 0,
+            netns_ino: 0,
+            attached_at: 0,
+            ifname: [0; IFNAME_LEN],
+            netns_path: [0; NETNS_PATH_LEN],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding, every bit pattern valid.
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for RuleCounters {}
+    unsafe impl aya::Pod for AttachCounters {}
+    unsafe impl aya::Pod for AllowKeyV4 {}
+    unsafe impl aya::Pod for AllowKeyV6 {}
+    unsafe impl aya::Pod for AttachInfo {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_padding() {
+        assert_eq!(core::mem::size_of::<Rule>(), 4);
+        assert_eq!(core::mem::size_of::<RuleKey>(), 4);
+        assert_eq!(core::mem::size_of::<AllowKeyV4>(), 8);
+        assert_eq!(core::mem::size_of::<AllowKeyV6>(), 20);
+        assert_eq!(core::mem::size_of::<AttachCounters>(), 40);
+        assert_eq!(core::mem::size_of::<AttachInfo>(), 16 + 24 + 16 + 256);
+    }
+
+    #[test]
+    fn slots_are_distinct_per_protocol() {
+        let tcp = rule_slot(proto_plane(IPPROTO_TCP).unwrap(), 80);
+        let udp = rule_slot(proto_plane(IPPROTO_UDP).unwrap(), 80);
+        let sctp = rule_slot(proto_plane(IPPROTO_SCTP).unwrap(), 65535);
+        assert_ne!(tcp, udp);
+        assert!(sctp < RULE_SLOTS);
+        assert_eq!(proto_plane(1), None);
+    }
+}

@@ -1,0 +1,234 @@
+//! One bounds-checked header walk shared by the XDP and TC programs.
+//!
+//! The walk answers one question: does this frame carry a TCP, UDP or SCTP
+//! destination port we can read with certainty, and from which source? Every
+//! read is preceded by a check against the end of the frame that the verifier
+//! can follow. Anything we cannot read with certainty is `Malformed`, which the
+//! programs pass to the kernel (and count): a filter must never drop a packet
+//! because it misread it.
+//!
+//! Semantics (the reference parser in the tests follows the same rules):
+//! - Ethernet, then at most [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags; a deeper
+//!   stack is `Malformed`.
+//! - IPv4: version 4, IHL >= 5, total length covering the header; options are
+//!   skipped. IPv6: version 6; hop-by-hop, routing, destination options,
+//!   fragment and AH headers are walked, at most [`MAX_EXT_HEADERS`]; a longer
+//!   chain is `Malformed`.
+//! - A fragment whose offset is not zero carries no transport header: it is
+//!   `NoPort` and passes. That is safe because the destination port sits in
+//!   bytes 2..4 of the transport header, which only an offset-0 fragment can
+//!   hold (offsets count 8-byte units), and every offset-0 fragment is judged
+//!   by its own port. The kernel's reassembly drops overlapping fragments, so a
+//!   later fragment cannot rewrite a port that was already judged.
+//! - The four port bytes must lie inside both the frame and the IP datagram
+//!   (IPv4 total length, IPv6 payload length); otherwise `Malformed`.
+//! - Other EtherTypes and other transport protocols are `NoPort`.
+
+use core::mem::size_of;
+
+use ingress_xdp_common::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use network_types::{
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    vlan::VlanHdr,
+};
+
+pub const MAX_VLAN_TAGS: usize = 2;
+pub const MAX_EXT_HEADERS: usize = 8;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88A8;
+
+const NEXTHDR_HOP: u8 = 0;
+const NEXTHDR_ROUTING: u8 = 43;
+const NEXTHDR_FRAGMENT: u8 = 44;
+const NEXTHDR_AUTH: u8 = 51;
+const NEXTHDR_DEST: u8 = 60;
+
+/// Where a port-bearing packet came from.
+#[derive(Clone, Copy)]
+pub enum Source {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+/// A packet we can judge: its transport protocol, destination port and source.
+#[derive(Clone, Copy)]
+pub struct Judgeable {
+    pub proto: u8,
+    pub dport: u16,
+    pub source: Source,
+}
+
+pub enum Parsed {
+    /// Carries a destination port we filter on.
+    Port(Judgeable),
+    /// Well formed, but nothing for us: not IP, another protocol, or a
+    /// non-first fragment.
+    NoPort,
+}
+
+/// Headers we could not read with certainty.
+pub struct Malformed;
+
+/// The frame between `start` and `end` (packet pointers, as usize).
+#[derive(Clone, Copy)]
+pub struct Frame {
+    start: usize,
+    end: usize,
+}
+
+impl Frame {
+    #[inline(always)]
+    pub fn new(start: usize, end: usize) -> Self {
+        Self { start, end }
+    }
+
+    /// A pointer to a `T` at `offset`, if the whole `T` lies inside the frame.
+    #[inline(always)]
+    fn at<T>(&self, offset: usize) -> Result<*const T, Malformed> {
+        let ptr = self.start + offset;
+        if ptr + size_of::<T>() > self.end {
+            return Err(Malformed);
+        }
+        Ok(ptr as *const T)
+    }
+}
+
+#[inline(always)]
+fn is_vlan(ether_type: u16) -> bool {
+    ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
+}
+
+#[inline(always)]
+fn is_filtered(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP
+}
+
+/// Destination port from the first four bytes of a TCP, UDP or SCTP header.
+#[inline(always)]
+fn dport_at(frame: &Frame, offset: usize) -> Result<u16, Malformed> {
+    let ports: *const [u8; 4] = frame.at(offset)?;
+    // SAFETY: `at` checked the four bytes are inside the frame.
+    let ports = unsafe { *ports };
+    Ok(u16::from_be_bytes([ports[2], ports[3]]))
+}
+
+#[inline(always)]
+pub fn parse(frame: &Frame) -> Result<Parsed, Malformed> {
+    let eth: *const EthHdr = frame.at(0)?;
+    // SAFETY: bounds checked by `at`; all header fields are byte arrays or
+    // unaligned-safe reads of packed network data.
+    let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let mut offset = EthHdr::LEN;
+    for _ in 0..MAX_VLAN_TAGS {
+        if !is_vlan(ether_type) {
+            break;
+        }
+        let vlan: *const VlanHdr = frame.at(offset)?;
+        ether_type = u16::from_be(unsafe { (*vlan).ether_type });
+        offset += VlanHdr::LEN;
+    }
+    match ether_type {
+        ETH_P_IP => ipv4(frame, offset),
+        ETH_P_IPV6 => ipv6(frame, offset),
+        t if is_vlan(t) => Err(Malformed),
+        _ => Ok(Parsed::NoPort),
+    }
+}
+
+#[inline(always)]
+fn ipv4(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
+    let ip: *const Ipv4Hdr = frame.at(offset)?;
+    // SAFETY: the fixed 20-byte header is inside the frame.
+    let ip = unsafe { *ip };
+    if ip.vihl >> 4 != 4 {
+        return Err(Malformed);
+    }
+    let header_len = ((ip.vihl & 0x0F) as usize) << 2;
+    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    if header_len < Ipv4Hdr::LEN || total_len < header_len {
+        return Err(Malformed);
+    }
+    if !is_filtered(ip.proto) {
+        return Ok(Parsed::NoPort);
+    }
+    if u16::from_be_bytes(ip.frags) & 0x1FFF != 0 {
+        return Ok(Parsed::NoPort);
+    }
+    if header_len + 4 > total_len {
+        return Err(Malformed);
+    }
+    let dport = dport_at(frame, offset + header_len)?;
+    Ok(Parsed::Port(Judgeable {
+        proto: ip.proto,
+        dport,
+        source: Source::V4(ip.src_addr),
+    }))
+}
+
+#[inline(always)]
+fn ipv6(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
+    let ip: *const Ipv6Hdr = frame.at(offset)?;
+    // SAFETY: the fixed 40-byte header is inside the frame.
+    let (vcf0, payload_len, mut next) = unsafe {
+        (
+            (*ip).vcf[0],
+            u16::from_be_bytes((*ip).payload_len) as usize,
+            (*ip).next_hdr,
+        )
+    };
+    if vcf0 >> 4 != 6 {
+        return Err(Malformed);
+    }
+    // Bytes of extension headers walked so far (relative to the payload).
+    let mut ext_len: usize = 0;
+    let payload = offset + Ipv6Hdr::LEN;
+    for _ in 0..MAX_EXT_HEADERS {
+        let len = match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST => {
+                let hdr: *const [u8; 2] = frame.at(payload + ext_len)?;
+                let hdr = unsafe { *hdr };
+                next = hdr[0];
+                ((hdr[1] as usize) + 1) << 3
+            }
+            NEXTHDR_AUTH => {
+                let hdr: *const [u8; 2] = frame.at(payload + ext_len)?;
+                let hdr = unsafe { *hdr };
+                next = hdr[0];
+                ((hdr[1] as usize) + 2) << 2
+            }
+            NEXTHDR_FRAGMENT => {
+                let hdr: *const [u8; 4] = frame.at(payload + ext_len)?;
+                let hdr = unsafe { *hdr };
+                if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xFFF8 != 0 {
+                    return Ok(Parsed::NoPort);
+                }
+                next = hdr[0];
+                8
+            }
+            _ => break,
+        };
+        ext_len += len;
+    }
+    if !is_filtered(next) {
+        return match next {
+            NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
+                Err(Malformed)
+            }
+            _ => Ok(Parsed::NoPort),
+        };
+    }
+    if ext_len + 4 > payload_len {
+        return Err(Malformed);
+    }
+    let dport = dport_at(frame, payload + ext_len)?;
+    let src: *const [u8; 16] = frame.at(offset + 8)?;
+    Ok(Parsed::Port(Judgeable {
+        proto: next,
+        dport,
+        source: Source::V6(unsafe { *src }),
+    }))
+}

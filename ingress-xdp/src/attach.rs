@@ -1,0 +1,440 @@
+//! Attach points: loading one program instance per interface, attaching it
+//! (inside another network namespace when asked), pinning its link, and the
+//! `ATTACH_INFO` / `ATTACH_STATS` registry that describes them afterwards.
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+use aya::{
+    maps::{Array, MapData, PerCpuArray, PerCpuValues},
+    programs::{
+        SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+    },
+};
+use ingress_xdp_common::{
+    AttachCounters, AttachInfo, IFNAME_LEN, MAX_ATTACH_POINTS, NETNS_PATH_LEN, hook, xdp_mode,
+};
+use serde::Serialize;
+
+use crate::{
+    pins::{self, MAP_ATTACH_INFO, MAP_ATTACH_STATS, PROG_TC, PROG_XDP, Pins},
+    rules::open_map,
+    sys::{self, NetnsId},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    /// XDP: in the driver, before an skb exists (fastest).
+    Xdp,
+    /// TC ingress (TCX): after the skb is built, before netfilter.
+    Tc,
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpModeChoice {
+    /// Native if the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// Driver (native) mode only; fail if unsupported.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachedMode {
+    Native,
+    Generic,
+}
+
+impl fmt::Display for AttachedMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AttachedMode::Native => "native",
+            AttachedMode::Generic => "generic",
+        })
+    }
+}
+
+/// An interface, in the loader's namespace (`netns: None`) or another one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub netns: Option<PathBuf>,
+    pub iface: String,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.netns {
+            Some(ns) => write!(f, "{} in {}", self.iface, ns.display()),
+            None => write!(f, "{}", self.iface),
+        }
+    }
+}
+
+/// An attach point as recorded in `ATTACH_INFO`.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachPoint {
+    pub id: u32,
+    pub netns: Option<String>,
+    pub iface: String,
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub mode: Option<AttachedMode>,
+    pub program_id: u32,
+    pub link_id: u32,
+    pub attached_at: u64,
+    #[serde(skip)]
+    netns_id: NetnsId,
+}
+
+impl AttachPoint {
+    pub fn target(&self) -> Target {
+        Target {
+            netns: self.netns.as_ref().map(PathBuf::from),
+            iface: self.iface.clone(),
+        }
+    }
+
+    /// Whether the interface this point was attached to still exists, in the
+    /// same namespace (Docker recreates ingress_sbox under the same path).
+    pub fn is_present(&self) -> bool {
+        let netns = self.netns.as_deref().map(Path::new);
+        if let Some(ns) = netns
+            && NetnsId::of_path(ns).ok() != Some(self.netns_id)
+        {
+            return false;
+        }
+        sys::in_netns(netns, || {
+            Ok(sys::ifindex(&self.iface).ok() == Some(self.ifindex))
+        })
+        .unwrap_or(false)
+    }
+}
+
+fn c_bytes<const N: usize>(s: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = s.len().min(N - 1);
+    out[..n].copy_from_slice(&s.as_bytes()[..n]);
+    out
+}
+
+fn from_c_bytes(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+fn decode(id: u32, info: &AttachInfo) -> Option<AttachPoint> {
+    if info.in_use == 0 {
+        return None;
+    }
+    let netns = from_c_bytes(&info.netns_path);
+    Some(AttachPoint {
+        id,
+        netns: (!netns.is_empty()).then_some(netns),
+        iface: from_c_bytes(&info.ifname),
+        ifindex: info.ifindex,
+        hook: if info.hook == hook::TC {
+            Hook::Tc
+        } else {
+            Hook::Xdp
+        },
+        mode: match info.xdp_mode {
+            xdp_mode::NATIVE => Some(AttachedMode::Native),
+            xdp_mode::GENERIC => Some(AttachedMode::Generic),
+            _ => None,
+        },
+        program_id: info.prog_id,
+        link_id: info.link_id,
+        attached_at: info.attached_at,
+        netns_id: NetnsId {
+            dev: info.netns_dev,
+            ino: info.netns_ino,
+        },
+    })
+}
+
+/// Summed per-CPU counters of one attach point.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PointCounters {
+    pub seen: u64,
+    pub dropped: u64,
+    pub passed: u64,
+    pub audited: u64,
+    pub allowed: u64,
+    pub not_parsed: u64,
+}
+
+impl PointCounters {
+    pub fn from_buckets(b: &AttachCounters) -> Self {
+        Self {
+            seen: b.dropped + b.passed + b.audited + b.allowed + b.not_parsed,
+            dropped: b.dropped,
+            // Everything that went on to the kernel.
+            passed: b.passed + b.audited + b.allowed + b.not_parsed,
+            audited: b.audited,
+            allowed: b.allowed,
+            not_parsed: b.not_parsed,
+        }
+    }
+}
+
+pub struct Registry {
+    info: Array<MapData, AttachInfo>,
+    stats: PerCpuArray<MapData, AttachCounters>,
+    cpus: usize,
+}
+
+impl Registry {
+    pub fn open(pins: &Pins) -> Result<Self> {
+        pins.require()?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+        Ok(Self {
+            info: open_map(pins, MAP_ATTACH_INFO)?.try_into()?,
+            stats: open_map(pins, MAP_ATTACH_STATS)?.try_into()?,
+            cpus,
+        })
+    }
+
+    pub fn points(&self) -> Result<Vec<AttachPoint>> {
+        let mut out = Vec::new();
+        for id in 0..MAX_ATTACH_POINTS {
+            let info = self.info.get(&id, 0).context("reading ATTACH_INFO")?;
+            out.extend(decode(id, &info));
+        }
+        Ok(out)
+    }
+
+    pub fn counters(&self, id: u32) -> Result<PointCounters> {
+        let values = self.stats.get(&id, 0).context("reading ATTACH_STATS")?;
+        let sum = values
+            .iter()
+            .fold(AttachCounters::default(), |a, v| AttachCounters {
+                dropped: a.dropped + v.dropped,
+                passed: a.passed + v.passed,
+                audited: a.audited + v.audited,
+                allowed: a.allowed + v.allowed,
+                not_parsed: a.not_parsed + v.not_parsed,
+            });
+        Ok(PointCounters::from_buckets(&sum))
+    }
+
+    fn clear(&mut self, id: u32) -> Result<()> {
+        self.info
+            .set(id, AttachInfo::default(), 0)
+            .context("clearing ATTACH_INFO")?;
+        let zero = PerCpuValues::try_from(vec![AttachCounters::default(); self.cpus])
+            .context("building zero counters")?;
+        self.stats.set(id, zero, 0).context("clearing ATTACH_STATS")
+    }
+
+    fn free_slot(&self) -> Result<u32> {
+        for id in 0..MAX_ATTACH_POINTS {
+            if self.info.get(&id, 0).context("reading ATTACH_INFO")?.in_use == 0 {
+                return Ok(id);
+            }
+        }
+        bail!("all {MAX_ATTACH_POINTS} attach slots are in use; detach first")
+    }
+}
+
+/// What `attach` did for one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttachReport {
+    pub point: AttachPoint,
+    /// True when it was attached already and nothing changed.
+    pub already: bool,
+}
+
+fn attach_xdp(
+    prog: &mut Xdp,
+    iface: &str,
+    choice: XdpModeChoice,
+) -> Result<(FdLink, AttachedMode)> {
+    let try_mode = |prog: &mut Xdp, mode: XdpMode| -> Result<FdLink> {
+        let id = prog
+            .attach(iface, mode)
+            .with_context(|| format!("attaching XDP ({mode:?} mode) to {iface}"))?;
+        let link = prog.take_link(id)?;
+        link.try_into()
+            .context("the kernel attached XDP without a bpf_link, which cannot be pinned")
+    };
+    match choice {
+        XdpModeChoice::Native => Ok((try_mode(prog, XdpMode::Driver)?, AttachedMode::Native)),
+        XdpModeChoice::Generic => Ok((try_mode(prog, XdpMode::Skb)?, AttachedMode::Generic)),
+        XdpModeChoice::Auto => match try_mode(prog, XdpMode::Driver) {
+            Ok(link) => Ok((link, AttachedMode::Native)),
+            Err(native_err) => {
+                tracing::info!(
+                    "native XDP unavailable on {iface} ({native_err:#}); trying generic"
+                );
+                Ok((try_mode(prog, XdpMode::Skb)?, AttachedMode::Generic))
+            }
+        },
+    }
+}
+
+/// Attaches to `target` unless that interface already has our program.
+/// The maps must exist ([`Pins::create`]); the caller holds the pin lock.
+pub fn attach(
+    pins: &Pins,
+    target: &Target,
+    hook_choice: Hook,
+    mode_choice: XdpModeChoice,
+) -> Result<AttachReport> {
+    let netns = target.netns.as_deref();
+    let (netns_id, ifindex) = sys::in_netns(netns, || {
+        Ok((NetnsId::current()?, sys::ifindex(&target.iface)?))
+    })
+    .with_context(|| format!("looking up {target}"))?;
+
+    let mut registry = Registry::open(pins)?;
+    for point in registry.points()? {
+        if point.netns_id != netns_id || point.ifindex != ifindex {
+            continue;
+        }
+        let link_alive = PinnedLink::from_pin(pins.link(point.id)).is_ok();
+        if link_alive && point.hook == hook_choice && point.is_present() {
+            return Ok(AttachReport {
+                point,
+                already: true,
+            });
+        }
+        if link_alive && point.is_present() {
+            bail!(
+                "{target} already has ingress-xdp attached with --hook {}; run `ingress-xdp detach` first to switch to {hook_choice}",
+                point.hook
+            );
+        }
+        // A stale slot (the link or the interface is gone): reuse it.
+        let _ = std::fs::remove_file(pins.link(point.id));
+        registry.clear(point.id)?;
+    }
+
+    let id = registry.free_slot()?;
+    let mut ebpf = pins::load_object(pins, id)?;
+    // Counters of an earlier attach point in this slot must not leak in.
+    registry.clear(id)?;
+
+    let (link, mode) = match hook_choice {
+        Hook::Xdp => {
+            let prog: &mut Xdp = ebpf
+                .program_mut(PROG_XDP)
+                .context("XDP program missing from the eBPF object")?
+                .try_into()?;
+            prog.load()
+                .context("loading the XDP program (BPF_PROG_LOAD)")?;
+            let (link, mode) =
+                sys::in_netns(netns, || attach_xdp(prog, &target.iface, mode_choice))?;
+            (link, Some(mode))
+        }
+        Hook::Tc => {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(PROG_TC)
+                .context("TC program missing from the eBPF object")?
+                .try_into()?;
+            prog.load()
+                .context("loading the TC program (BPF_PROG_LOAD)")?;
+            let link = sys::in_netns(netns, || {
+                let id = prog
+                    .attach(&target.iface, TcAttachType::Ingress)
+                    .with_context(|| format!("attaching TC ingress to {}", target.iface))?;
+                let link: FdLink = prog
+                    .take_link(id)?
+                    .try_into()
+                    .context("TC attached without TCX (kernel < 6.6?): cannot pin the link")?;
+                Ok(link)
+            })?;
+            (link, None)
+        }
+    };
+    let link_info = link.info().context("reading link info")?;
+    let link_path = pins.link(id);
+    link.pin(&link_path)
+        .with_context(|| format!("pinning link at {}", link_path.display()))?;
+
+    let info = AttachInfo {
+        in_use: 1,
+        hook: match hook_choice {
+            Hook::Xdp => hook::XDP,
+            Hook::Tc => hook::TC,
+        },
+        xdp_mode: match mode {
+            Some(AttachedMode::Native) => xdp_mode::NATIVE,
+            Some(AttachedMode::Generic) => xdp_mode::GENERIC,
+            None => xdp_mode::NONE,
+        },
+        pad: 0,
+        ifindex,
+        prog_id: link_info.program_id(),
+        link_id: link_info.id(),
+        netns_dev: netns_id.dev,
+        netns_ino: netns_id.ino,
+        attached_at: sys::now_secs(),
+        ifname: c_bytes::<IFNAME_LEN>(&target.iface),
+        netns_path: c_bytes::<NETNS_PATH_LEN>(
+            &netns.map(|p| p.display().to_string()).unwrap_or_default(),
+        ),
+    };
+    registry
+        .info
+        .set(id, info, 0)
+        .context("recording the attach point in ATTACH_INFO")?;
+    let point = decode(id, &info).context("decoding the new attach point")?;
+    Ok(AttachReport {
+        point,
+        already: false,
+    })
+}
+
+/// Removes every attach point's link (which detaches the program) and its
+/// record. Returns the points that were detached.
+pub fn detach_all(pins: &Pins) -> Result<Vec<AttachPoint>> {
+    let mut registry = Registry::open(pins)?;
+    let points = registry.points()?;
+    for point in &points {
+        let path = pins.link(point.id);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("unpinning {}", path.display()));
+            }
+            _ => {}
+        }
+        registry.clear(point.id)?;
+    }
+    Ok(points)
+}
+
+/// Removes the maps and the directory too (`detach --purge`).
+pub fn purge(pins: &Pins) -> Result<()> {
+    for name in pins::ALL_MAPS {
+        let path = pins.map(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("unpinning {}", path.display()));
+            }
+            _ => {}
+        }
+    }
+    let links = pins.links_dir();
+    if links.exists() {
+        std::fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;
+    }
+    std::fs::remove_dir(pins.dir()).with_context(|| format!("removing {}", pins.dir().display()))
+}

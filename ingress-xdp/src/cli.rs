@@ -1,0 +1,598 @@
+//! Command-line interface: argument definitions (clap derive) and the
+//! commands, each a thin layer over the library.
+
+use std::{collections::BTreeSet, io::Write, path::PathBuf, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::{
+    attach::{self, AttachPoint, Hook, PointCounters, Registry, Target, XdpModeChoice},
+    cidr::Cidr,
+    pins::{DEFAULT_PIN_DIR, Pins},
+    rules::{Mode, RuleRange, RuleSpec, RuleTable, fold_ranges},
+    spec::PortSpec,
+    sys,
+};
+
+/// Drop Docker Swarm routing-mesh traffic to chosen published ports on this
+/// node, in XDP (or TC) before netfilter DNAT and IPVS.
+///
+/// `attach` loads the programs onto the host NIC and the veth inside Docker's
+/// ingress_sbox namespace; `block`/`unblock` change the pinned port map live.
+/// Everything is pinned in bpffs, so drops stay after this command exits;
+/// only `detach` stops them.
+#[derive(Parser, Debug)]
+#[command(name = "ingress-xdp", version, about, long_about)]
+pub struct Cli {
+    /// bpffs directory holding the pinned maps and links.
+    #[arg(long, global = true, env = "INGRESS_XDP_PIN_DIR", default_value = DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach the filter to the host NIC(s) and to ingress_sbox (idempotent).
+    ///
+    /// Examples:
+    ///   ingress-xdp attach                       # default-route NIC + ingress_sbox/eth1
+    ///   ingress-xdp attach --iface eth0 --iface eth1 --hook tc
+    ///   ingress-xdp attach --iface ens3 --no-sbox --xdp-mode generic
+    Attach(AttachArgs),
+    /// Detach every attach point. Rules are kept unless --purge.
+    Detach {
+        /// Also remove the rule map, counters and the pin directory.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Block ports (or audit them with --audit).
+    ///
+    /// SPEC is PORT[/tcp|udp|sctp] or LOW-HIGH[/proto]; tcp when omitted, as
+    /// in Docker's --publish. Blocking a port again replaces its rule.
+    ///
+    /// Examples:
+    ///   ingress-xdp block 8080 53/udp 30000-32767/tcp
+    ///   ingress-xdp block 443 --allow-from 203.0.113.0/24 --allow-from 2001:db8::/32
+    ///   ingress-xdp block 9000 --audit       # count would-be drops, drop nothing
+    Block(BlockArgs),
+    /// Remove the rules for ports (the traffic flows again).
+    Unblock {
+        /// PORT[/proto] or LOW-HIGH[/proto].
+        #[arg(required = true, value_name = "SPEC")]
+        specs: Vec<PortSpec>,
+    },
+    /// List rules: port, protocol, mode, allowlist, packets and bytes matched.
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Counters per attach point (seen, dropped, passed, not parsed) and per rule.
+    Stats {
+        /// Machine-readable output (one JSON document per line with --watch).
+        #[arg(long)]
+        json: bool,
+        /// Print again every SECONDS (default 1) with per-second rates, until interrupted.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "1")]
+        watch: Option<u64>,
+    },
+    /// Where the filter is attached: namespace, interface, hook, mode, program id.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct AttachArgs {
+    /// Host interface to attach to (repeatable). Default: the interface that
+    /// holds the default route.
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+    /// Network namespace file of Docker's ingress sandbox. Default:
+    /// /var/run/docker/netns/ingress_sbox when it exists.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_sbox")]
+    pub sbox_netns: Option<PathBuf>,
+    /// Interface inside the sandbox. Default: the one holding its default
+    /// route (eth1, on docker_gwbridge).
+    #[arg(long, value_name = "NAME", conflicts_with = "no_sbox")]
+    pub sbox_iface: Option<String>,
+    /// Do not attach inside ingress_sbox.
+    #[arg(long)]
+    pub no_sbox: bool,
+    /// Hook to use.
+    #[arg(long, value_enum, default_value_t = Hook::Xdp)]
+    pub hook: Hook,
+    /// XDP attach mode (ignored with --hook tc).
+    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
+    pub xdp_mode: XdpModeChoice,
+}
+
+#[derive(Args, Debug)]
+pub struct BlockArgs {
+    /// PORT[/proto] or LOW-HIGH[/proto].
+    #[arg(required = true, value_name = "SPEC")]
+    pub specs: Vec<PortSpec>,
+    /// Source prefix that may still reach the port (repeatable; IPv4 or IPv6),
+    /// e.g. an external load balancer.
+    #[arg(long = "allow-from", value_name = "CIDR")]
+    pub allow_from: Vec<Cidr>,
+    /// Count matching packets as would-drop but let them through.
+    #[arg(long)]
+    pub audit: bool,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let pins = Pins::new(&cli.pin_dir);
+    match cli.command {
+        Command::Attach(args) => cmd_attach(&pins, args),
+        Command::Detach { purge } => cmd_detach(&pins, purge),
+        Command::Block(args) => cmd_block(&pins, args),
+        Command::Unblock { specs } => cmd_unblock(&pins, &specs),
+        Command::List { json } => cmd_list(&pins, json),
+        Command::Stats { json, watch } => cmd_stats(&pins, json, watch),
+        Command::Status { json } => cmd_status(&pins, json),
+    }
+}
+
+/// Resolves the attach targets and checks that each exists, before anything
+/// is changed.
+fn resolve_targets(args: &AttachArgs) -> Result<Vec<Target>> {
+    let mut targets = Vec::new();
+    let ifaces = if args.ifaces.is_empty() {
+        vec![sys::default_route_iface().context("picking the host NIC")?]
+    } else {
+        args.ifaces.clone()
+    };
+    for iface in ifaces {
+        sys::ifindex(&iface).with_context(|| {
+            format!(
+                "--iface {iface}: interface not found (have: {})",
+                sys::interfaces().join(", ")
+            )
+        })?;
+        targets.push(Target { netns: None, iface });
+    }
+    if args.no_sbox {
+        return Ok(targets);
+    }
+    let netns = match &args.sbox_netns {
+        Some(path) => {
+            if !path.exists() {
+                bail!("--sbox-netns {}: no such file", path.display());
+            }
+            path.clone()
+        }
+        None => {
+            let default = sys::default_sbox_netns();
+            if !default.exists() {
+                if args.sbox_iface.is_some() {
+                    bail!(
+                        "--sbox-iface given but {} does not exist (is this node in a swarm?); pass --sbox-netns",
+                        default.display()
+                    );
+                }
+                eprintln!(
+                    "note: {} does not exist (no swarm ingress on this node yet); attaching to the host NIC only",
+                    default.display()
+                );
+                return Ok(targets);
+            }
+            default
+        }
+    };
+    let iface = sys::in_netns(Some(&netns), || match &args.sbox_iface {
+        Some(name) => {
+            sys::ifindex(name).with_context(|| {
+                format!(
+                    "--sbox-iface {name}: interface not found in {} (have: {})",
+                    netns.display(),
+                    sys::interfaces().join(", ")
+                )
+            })?;
+            Ok(name.clone())
+        }
+        None => sys::default_route_iface()
+            .with_context(|| format!("picking the sandbox interface in {}", netns.display())),
+    })?;
+    targets.push(Target {
+        netns: Some(netns),
+        iface,
+    });
+    Ok(targets)
+}
+
+fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
+    sys::require_root()?;
+    let targets = resolve_targets(&args)?;
+    pins.create()?;
+    let _lock = pins.lock()?;
+    for target in &targets {
+        let report = attach::attach(pins, target, args.hook, args.xdp_mode)
+            .with_context(|| format!("attaching to {target}"))?;
+        let p = &report.point;
+        let mode = p.mode.map(|m| format!(" ({m})")).unwrap_or_default();
+        if report.already {
+            println!(
+                "already attached: {target}: {}{mode}, program {}",
+                p.hook, p.program_id
+            );
+        } else {
+            println!(
+                "attached {target}: {}{mode}, program {}",
+                p.hook, p.program_id
+            );
+        }
+    }
+    let rules = RuleTable::open(pins)?.list()?;
+    println!(
+        "{} port rule(s) active; pinned in {}",
+        rules.len(),
+        pins.dir().display()
+    );
+    Ok(())
+}
+
+fn cmd_detach(pins: &Pins, purge: bool) -> Result<()> {
+    sys::require_root()?;
+    pins.require()?;
+    let lock = pins.lock()?;
+    let points = attach::detach_all(pins)?;
+    for p in &points {
+        println!("detached {}", p.target());
+    }
+    if points.is_empty() {
+        println!("nothing was attached");
+    }
+    if purge {
+        drop(lock);
+        attach::purge(pins)?;
+        println!("removed rules and {}", pins.dir().display());
+    } else {
+        let n = RuleTable::open(pins)?.list()?.len();
+        println!(
+            "{n} port rule(s) kept (they apply again on attach; `detach --purge` removes them)"
+        );
+    }
+    Ok(())
+}
+
+fn warn_ephemeral_overlap(specs: &[PortSpec]) {
+    let Some((low, high)) = sys::ephemeral_port_range() else {
+        return;
+    };
+    for spec in specs.iter().filter(|s| s.overlaps(low, high)) {
+        eprintln!(
+            "warning: {spec} overlaps net.ipv4.ip_local_port_range {low}-{high}: replies to this node's own outgoing connections from those ports would be dropped"
+        );
+    }
+}
+
+fn cmd_block(pins: &Pins, args: BlockArgs) -> Result<()> {
+    sys::require_root()?;
+    let spec = RuleSpec {
+        mode: if args.audit { Mode::Audit } else { Mode::Block },
+        allow_from: args.allow_from.iter().copied().collect::<BTreeSet<_>>(),
+    };
+    let _lock = {
+        pins.require()?;
+        pins.lock()?
+    };
+    let mut table = RuleTable::open(pins)?;
+    table.apply(&args.specs, &spec)?;
+    warn_ephemeral_overlap(&args.specs);
+    let verb = match spec.mode {
+        Mode::Block => "blocked",
+        Mode::Audit => "auditing",
+    };
+    for s in &args.specs {
+        if spec.allow_from.is_empty() {
+            println!("{verb} {s}");
+        } else {
+            let allow: Vec<String> = spec.allow_from.iter().map(|c| c.to_string()).collect();
+            println!("{verb} {s} (allowed from {})", allow.join(", "));
+        }
+    }
+    Ok(())
+}
+
+fn cmd_unblock(pins: &Pins, specs: &[PortSpec]) -> Result<()> {
+    sys::require_root()?;
+    pins.require()?;
+    let _lock = pins.lock()?;
+    let mut table = RuleTable::open(pins)?;
+    let removed = table.remove(specs)?;
+    for s in specs {
+        println!("unblocked {s}");
+    }
+    if removed == 0 {
+        eprintln!("note: none of these ports had a rule");
+    }
+    Ok(())
+}
+
+fn write_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn cmd_list(pins: &Pins, json: bool) -> Result<()> {
+    sys::require_root()?;
+    let entries = RuleTable::open(pins)?.list()?;
+    let ranges = fold_ranges(&entries);
+    if json {
+        return write_json(&serde_json::json!({ "rules": ranges }));
+    }
+    print!("{}", render_rules(&ranges));
+    Ok(())
+}
+
+pub fn render_rules(ranges: &[RuleRange]) -> String {
+    if ranges.is_empty() {
+        return "no rules\n".to_string();
+    }
+    let mut out = format!(
+        "{:<18} {:<6} {:>12} {:>14}  {}\n",
+        "PORT", "MODE", "PACKETS", "BYTES", "ALLOW-FROM"
+    );
+    for r in ranges {
+        let allow: Vec<String> = r.allow_from.iter().map(|c| c.to_string()).collect();
+        let mode = match r.mode {
+            Mode::Block => "block",
+            Mode::Audit => "audit",
+        };
+        out += &format!(
+            "{:<18} {:<6} {:>12} {:>14}  {}\n",
+            r.spec().to_string(),
+            mode,
+            r.packets,
+            r.bytes,
+            if allow.is_empty() {
+                "-".to_string()
+            } else {
+                allow.join(",")
+            }
+        );
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct PointStats {
+    #[serde(flatten)]
+    point: AttachPoint,
+    present: bool,
+    counters: PointCounters,
+}
+
+#[derive(Serialize)]
+struct StatsDoc {
+    attach_points: Vec<PointStats>,
+    rules: Vec<RuleRange>,
+}
+
+fn collect_stats(pins: &Pins) -> Result<StatsDoc> {
+    let registry = Registry::open(pins)?;
+    let mut attach_points = Vec::new();
+    for point in registry.points()? {
+        attach_points.push(PointStats {
+            counters: registry.counters(point.id)?,
+            present: point.is_present(),
+            point,
+        });
+    }
+    let rules = fold_ranges(&RuleTable::open(pins)?.list()?);
+    Ok(StatsDoc {
+        attach_points,
+        rules,
+    })
+}
+
+fn render_stats(doc: &StatsDoc, rates: Option<(&StatsDoc, f64)>) -> String {
+    let mut out = format!(
+        "{:<4} {:<28} {:<4} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}\n",
+        "ID",
+        "ATTACH POINT",
+        "HOOK",
+        "SEEN",
+        "DROPPED",
+        "PASSED",
+        "NOT-PARSED",
+        "AUDITED",
+        "ALLOWED"
+    );
+    for p in &doc.attach_points {
+        let c = &p.counters;
+        out += &format!(
+            "{:<4} {:<28} {:<4} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}\n",
+            p.point.id,
+            p.point.target().to_string(),
+            p.point.hook.to_string(),
+            c.seen,
+            c.dropped,
+            c.passed,
+            c.not_parsed,
+            c.audited,
+            c.allowed
+        );
+        if let Some((prev, secs)) = rates
+            && let Some(q) = prev.attach_points.iter().find(|q| q.point.id == p.point.id)
+        {
+            let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+            out += &format!(
+                "{:<4} {:<28} {:<4} {:>10.0}/s {:>10.0}/s {:>10.0}/s\n",
+                "",
+                "",
+                "",
+                rate(c.seen, q.counters.seen),
+                rate(c.dropped, q.counters.dropped),
+                rate(c.passed, q.counters.passed)
+            );
+        }
+    }
+    if doc.attach_points.is_empty() {
+        out += "(nothing attached)\n";
+    }
+    out += "\n";
+    out += &render_rules(&doc.rules);
+    out
+}
+
+fn cmd_stats(pins: &Pins, json: bool, watch: Option<u64>) -> Result<()> {
+    sys::require_root()?;
+    pins.require()?;
+    let Some(interval) = watch else {
+        let doc = collect_stats(pins)?;
+        if json {
+            return write_json(&doc);
+        }
+        print!("{}", render_stats(&doc, None));
+        return Ok(());
+    };
+    let interval = Duration::from_secs(interval.max(1));
+    let mut prev: Option<(StatsDoc, std::time::Instant)> = None;
+    loop {
+        let doc = collect_stats(pins)?;
+        let now = std::time::Instant::now();
+        if json {
+            write_json(&doc)?;
+        } else {
+            let rates = prev
+                .as_ref()
+                .map(|(d, t)| (d, now.duration_since(*t).as_secs_f64().max(0.001)));
+            print!("\x1b[2J\x1b[H{}", render_stats(&doc, rates));
+            std::io::stdout().flush()?;
+        }
+        prev = Some((doc, now));
+        std::thread::sleep(interval);
+    }
+}
+
+fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
+    sys::require_root()?;
+    let registry = Registry::open(pins)?;
+    let points = registry.points()?;
+    if json {
+        let docs: Vec<_> = points
+            .iter()
+            .map(|p| serde_json::json!({ "point": p, "present": p.is_present() }))
+            .collect();
+        return write_json(&serde_json::json!({
+            "pin_dir": pins.dir(),
+            "attach_points": docs,
+        }));
+    }
+    if points.is_empty() {
+        println!(
+            "nothing attached (rules are kept in {})",
+            pins.dir().display()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {}",
+        "ID", "NETNS", "IFACE", "HOOK", "MODE", "PROG", "LINK", "STATE"
+    );
+    for p in points {
+        println!(
+            "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {}",
+            p.id,
+            p.netns.as_deref().unwrap_or("(host)"),
+            p.iface,
+            p.hook.to_string(),
+            p.mode.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            p.program_id,
+            p.link_id,
+            if p.is_present() {
+                "attached"
+            } else {
+                "interface gone"
+            }
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("ingress-xdp").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn block_parses_specs_and_cidrs() {
+        let cli = parse(&[
+            "block",
+            "80",
+            "53/udp",
+            "--allow-from",
+            "10.0.0.0/8",
+            "--audit",
+        ])
+        .unwrap();
+        let Command::Block(args) = cli.command else {
+            panic!("not block");
+        };
+        assert_eq!(args.specs.len(), 2);
+        assert!(args.audit);
+        assert_eq!(args.allow_from[0].to_string(), "10.0.0.0/8");
+    }
+
+    #[test]
+    fn bad_input_names_the_problem() {
+        let err = |args: &[&str]| parse(args).unwrap_err().to_string();
+        assert!(err(&["block", "0"]).contains("port 0 is out of range"));
+        assert!(err(&["block", "65536"]).contains("port 65536 is out of range"));
+        assert!(err(&["block", "80/icmp"]).contains("unknown protocol \"icmp\""));
+        assert!(err(&["block", "90-80"]).contains("range 90-80 is inverted"));
+        assert!(
+            err(&["block", "80", "--allow-from", "10.0.0.1/8"]).contains("did you mean 10.0.0.0/8")
+        );
+        assert!(err(&["block", "80", "--allow-from", "nope"]).contains("is not an IP address"));
+        assert!(err(&["block"]).contains("SPEC"));
+        assert!(err(&["unblock", "x"]).contains("is not a port number"));
+        assert!(err(&["attach", "--hook", "ebpf"]).contains("invalid value 'ebpf'"));
+        assert!(
+            err(&["attach", "--no-sbox", "--sbox-netns", "/x"]).contains("cannot be used with")
+        );
+        assert!(err(&["attach", "--xdp-mode", "hw"]).contains("invalid value 'hw'"));
+    }
+
+    #[test]
+    fn pin_dir_default_and_override() {
+        let cli = parse(&["status"]).unwrap();
+        assert_eq!(cli.pin_dir, PathBuf::from(DEFAULT_PIN_DIR));
+        let cli = parse(&["--pin-dir", "/sys/fs/bpf/x", "list"]).unwrap();
+        assert_eq!(cli.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
+        let cli = parse(&["list", "--pin-dir", "/sys/fs/bpf/y"]).unwrap();
+        assert_eq!(cli.pin_dir, PathBuf::from("/sys/fs/bpf/y"));
+    }
+
+    #[test]
+    fn stats_watch_interval() {
+        let Command::Stats { watch, .. } = parse(&["stats", "--watch"]).unwrap().command else {
+            panic!()
+        };
+        assert_eq!(watch, Some(1));
+        let Command::Stats { watch, .. } = parse(&["stats", "--watch", "5"]).unwrap().command
+        else {
+            panic!()
+        };
+        assert_eq!(watch, Some(5));
+    }
+}

@@ -1,0 +1,19 @@
+//! ingress-xdp: per-node drops of Docker Swarm routing-mesh ports.
+//!
+//! The binary is a thin layer over this library: [`pins`] names the pinned
+//! state, [`rules`] is the typed rule table, [`attach`] loads and attaches the
+//! programs, [`spec`] and [`cidr`] parse operator input, [`sys`] holds the raw
+//! syscalls, and [`cli`] wires them to the command line.
+
+pub mod attach;
+pub mod cidr;
+pub mod cli;
+pub mod pins;
+pub mod rules;
+pub mod spec;
+pub mod sys;
+
+/// The compiled eBPF object (XDP + TC programs and their maps), built by
+/// build.rs from the `ingress-xdp-ebpf` crate.
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress-xdp"));

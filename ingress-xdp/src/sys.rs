@@ -1,0 +1,272 @@
+//! The few direct syscalls we make: privileges, bpffs, namespaces, interfaces.
+
+use std::{
+    ffi::CString,
+    fs::File,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Where bpffs is mounted by convention.
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "ingress-xdp must run as root (it loads BPF programs and attaches them to interfaces); try sudo"
+        );
+    }
+    Ok(())
+}
+
+fn fs_magic(path: &Path) -> Result<i64> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes())?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out pointer.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", path.display()));
+    }
+    Ok(st.f_type as i64)
+}
+
+pub fn is_bpffs(path: &Path) -> bool {
+    fs_magic(path).is_ok_and(|m| m == BPF_FS_MAGIC)
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it is there already, as Cilium does.
+pub fn ensure_bpffs_mounted() -> Result<()> {
+    let root = Path::new(BPFFS_ROOT);
+    if is_bpffs(root) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(root).with_context(|| format!("creating {BPFFS_ROOT}"))?;
+    let src = CString::new("bpf")?;
+    let target = CString::new(BPFFS_ROOT)?;
+    let data = CString::new("mode=0700")?;
+    // SAFETY: valid C strings.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mount -t bpf bpf {BPFFS_ROOT} (bpffs is not mounted)"));
+    }
+    tracing::info!("mounted bpffs at {BPFFS_ROOT}");
+    Ok(())
+}
+
+/// Identity of a network namespace: (st_dev, st_ino) of its nsfs file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsId {
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl NetnsId {
+    pub fn of_path(path: &Path) -> Result<Self> {
+        let md = std::fs::metadata(path)
+            .with_context(|| format!("network namespace {}", path.display()))?;
+        Ok(Self {
+            dev: md.dev(),
+            ino: md.ino(),
+        })
+    }
+
+    /// The namespace the calling thread is in.
+    pub fn current() -> Result<Self> {
+        Self::of_path(Path::new("/proc/thread-self/ns/net"))
+    }
+}
+
+/// Runs `f` on a dedicated thread that has entered the network namespace at
+/// `netns` (setns affects only the calling thread, so ours stay where they
+/// are). With `None`, runs `f` here.
+pub fn in_netns<T: Send>(netns: Option<&Path>, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let Some(netns) = netns else {
+        return f();
+    };
+    let file = File::open(netns)
+        .with_context(|| format!("opening network namespace {}", netns.display()))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                // SAFETY: a valid fd; CLONE_NEWNET checks it is a netns.
+                if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(std::io::Error::last_os_error()).with_context(|| {
+                        format!(
+                            "setns into {} (is it a network namespace file?)",
+                            netns.display()
+                        )
+                    });
+                }
+                f()
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in {} panicked", netns.display()))?
+    })
+}
+
+/// Index of `name` in the calling thread's network namespace.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c_name = CString::new(name).with_context(|| format!("interface name {name:?}"))?;
+    // SAFETY: valid C string.
+    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface named {name:?} in this network namespace");
+    }
+    Ok(index)
+}
+
+/// Interfaces of the calling thread's network namespace.
+pub fn interfaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_to_string("/proc/thread-self/net/dev")
+        .unwrap_or_default()
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|n| n.trim().to_string()))
+        .collect();
+    names.sort();
+    names
+}
+
+/// The interface holding the calling thread's network namespace's default
+/// route: IPv4 first (lowest metric), then IPv6.
+pub fn default_route_iface() -> Result<String> {
+    let v4 = std::fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
+    if let Some(name) = parse_ipv4_default_route(&v4) {
+        return Ok(name);
+    }
+    let v6 = std::fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap_or_default();
+    if let Some(name) = parse_ipv6_default_route(&v6) {
+        return Ok(name);
+    }
+    bail!(
+        "no default route in this network namespace to pick an interface from; name one with --iface"
+    )
+}
+
+/// `/proc/net/route`: Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+pub fn parse_ipv4_default_route(table: &str) -> Option<String> {
+    const RTF_UP: u32 = 1;
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let flags = u32::from_str_radix(f.get(3)?, 16).ok()?;
+            let metric: u32 = f.get(6)?.parse().ok()?;
+            (*f.get(1)? == "00000000" && *f.get(7)? == "00000000" && flags & RTF_UP != 0)
+                .then(|| (metric, f[0].to_string()))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// `/proc/net/ipv6_route`: dest destlen src srclen nexthop metric ref use flags iface.
+pub fn parse_ipv6_default_route(table: &str) -> Option<String> {
+    table
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let name = *f.get(9)?;
+            let metric = u32::from_str_radix(f.get(5)?, 16).ok()?;
+            (f[0].bytes().all(|b| b == b'0') && f.get(1) == Some(&"00") && name != "lo")
+                .then(|| (metric, name.to_string()))
+        })
+        .min()
+        .map(|(_, name)| name)
+}
+
+/// `net.ipv4.ip_local_port_range` of the calling thread's namespace.
+pub fn ephemeral_port_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    parse_port_range(&text)
+}
+
+pub fn parse_port_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(|v| v.parse::<u16>());
+    Some((it.next()?.ok()?, it.next()?.ok()?))
+}
+
+/// Creates `dir` (and parents) on bpffs.
+pub fn create_pin_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating pin directory {}", dir.display()))?;
+    if !is_bpffs(dir) {
+        bail!(
+            "pin directory {} is not on a bpf filesystem (mount bpffs there or pick a directory under {BPFFS_ROOT})",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Default location of Docker's ingress sandbox namespace.
+pub fn default_sbox_netns() -> PathBuf {
+    PathBuf::from("/var/run/docker/netns/ingress_sbox")
+}
+
+/// An exclusive advisory lock on a directory, released on drop: serialises
+/// concurrent CLI invocations that change the same pinned state.
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        let file = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: valid fd.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .with_context(|| format!("locking {}", dir.display()));
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_default_route_lowest_metric() {
+        let table = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth1\t00000000\t010012AC\t0003\t0\t0\t200\t00000000\t0\t0\t0\n\
+            eth0\t00000000\t0100000A\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+            eth0\t0000000A\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        assert_eq!(parse_ipv4_default_route(table).as_deref(), Some("eth0"));
+        assert_eq!(parse_ipv4_default_route("Iface\n"), None);
+    }
+
+    #[test]
+    fn ipv6_default_route() {
+        let table = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 ens3\n\
+            00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n";
+        assert_eq!(parse_ipv6_default_route(table).as_deref(), Some("ens3"));
+    }
+
+    #[test]
+    fn port_range() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(parse_port_range("garbage"), None);
+    }
+}
