@@ -113,17 +113,55 @@ impl AttachPoint {
 
     /// Whether the interface this point was attached to still exists, in the
     /// same namespace (Docker recreates ingress_sbox under the same path).
-    pub fn is_present(&self) -> bool {
+    pub fn presence(&self) -> Presence {
         let netns = self.netns.as_deref().map(Path::new);
-        if let Some(ns) = netns
-            && NetnsId::of_path(ns).ok() != Some(self.netns_id)
-        {
-            return false;
+        let same_ns = match netns {
+            Some(ns) => NetnsId::of_path(ns).ok() == Some(self.netns_id),
+            None => NetnsId::current().ok() == Some(self.netns_id),
+        };
+        if !same_ns {
+            // A recreated namespace file means the old one is gone; an attach
+            // made from another namespace cannot be checked from here.
+            return if netns.is_some() {
+                Presence::Gone
+            } else {
+                Presence::Unknown
+            };
         }
-        sys::in_netns(netns, || {
+        let found = sys::in_netns(netns, || {
             Ok(sys::ifindex(&self.iface).ok() == Some(self.ifindex))
         })
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if found {
+            Presence::Attached
+        } else {
+            Presence::Gone
+        }
+    }
+
+    pub fn is_present(&self) -> bool {
+        self.presence() == Presence::Attached
+    }
+}
+
+/// What `status` can tell about an attach point's interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Presence {
+    Attached,
+    /// The interface or its namespace no longer exists.
+    Gone,
+    /// Attached from another network namespace than this process's.
+    Unknown,
+}
+
+impl fmt::Display for Presence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Presence::Attached => "attached",
+            Presence::Gone => "interface gone",
+            Presence::Unknown => "in another netns",
+        })
     }
 }
 

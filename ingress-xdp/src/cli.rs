@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    attach::{self, AttachPoint, Hook, PointCounters, Registry, Target, XdpModeChoice},
+    attach::{self, AttachPoint, Hook, PointCounters, Presence, Registry, Target, XdpModeChoice},
     cidr::Cidr,
     pins::{DEFAULT_PIN_DIR, Pins},
     rules::{Mode, RuleRange, RuleSpec, RuleTable, fold_ranges},
@@ -368,7 +368,7 @@ pub fn render_rules(ranges: &[RuleRange]) -> String {
 struct PointStats {
     #[serde(flatten)]
     point: AttachPoint,
-    present: bool,
+    presence: Presence,
     counters: PointCounters,
 }
 
@@ -384,7 +384,7 @@ fn collect_stats(pins: &Pins) -> Result<StatsDoc> {
     for point in registry.points()? {
         attach_points.push(PointStats {
             counters: registry.counters(point.id)?,
-            present: point.is_present(),
+            presence: point.presence(),
             point,
         });
     }
@@ -482,7 +482,7 @@ fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
     if json {
         let docs: Vec<_> = points
             .iter()
-            .map(|p| serde_json::json!({ "point": p, "present": p.is_present() }))
+            .map(|p| serde_json::json!({ "point": p, "presence": p.presence() }))
             .collect();
         return write_json(&serde_json::json!({
             "pin_dir": pins.dir(),
