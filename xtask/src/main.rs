@@ -257,11 +257,21 @@ fn run(args: Vec<String>) -> Result<()> {
     setup(false)?;
     status(cargo().args(["build", "--release", "--package", "ingress-xdp"]))?;
     let bin = workspace_root().join("target/release/ingress-xdp");
-    if args.is_empty() {
-        status(&mut as_root(&bin, &["attach".to_string()]))?;
-        return status(&mut as_root(&bin, &["status".to_string()]));
+    let runs: Vec<Vec<String>> = if args.is_empty() {
+        vec![vec!["attach".into()], vec!["status".into()]]
+    } else {
+        vec![args]
+    };
+    for args in runs {
+        let st = as_root(&bin, &args)
+            .status()
+            .with_context(|| format!("running {}", bin.display()))?;
+        if !st.success() {
+            // ingress-xdp already said what went wrong; keep its exit code.
+            std::process::exit(st.code().unwrap_or(1));
+        }
     }
-    status(&mut as_root(&bin, &args))
+    Ok(())
 }
 
 fn test(args: Vec<String>) -> Result<()> {
