@@ -38,10 +38,13 @@ pub struct Cli {
 pub enum Command {
     /// Attach the filter to the host NIC(s) and to ingress_sbox (idempotent).
     ///
+    /// Attaching a point that is already attached changes nothing; the rules
+    /// in the pinned map apply at once.
     /// Examples:
     ///   ingress-xdp attach                       # default-route NIC + ingress_sbox/eth1
     ///   ingress-xdp attach --iface eth0 --iface eth1 --hook tc
     ///   ingress-xdp attach --iface ens3 --no-sbox --xdp-mode generic
+    #[command(verbatim_doc_comment)]
     Attach(AttachArgs),
     /// Detach every attach point. Rules are kept unless --purge.
     Detach {
@@ -58,6 +61,7 @@ pub enum Command {
     ///   ingress-xdp block 8080 53/udp 30000-32767/tcp
     ///   ingress-xdp block 443 --allow-from 203.0.113.0/24 --allow-from 2001:db8::/32
     ///   ingress-xdp block 9000 --audit       # count would-be drops, drop nothing
+    #[command(verbatim_doc_comment)]
     Block(BlockArgs),
     /// Remove the rules for ports (the traffic flows again).
     Unblock {
@@ -497,8 +501,8 @@ fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {}",
-        "ID", "NETNS", "IFACE", "HOOK", "MODE", "PROG", "LINK", "STATE"
+        "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  STATE",
+        "ID", "NETNS", "IFACE", "HOOK", "MODE", "PROG", "LINK"
     );
     for p in points {
         println!(
