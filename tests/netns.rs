@@ -514,6 +514,19 @@ fn bad_input_is_refused_and_rules_stay() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must run as root"));
 
+    // No BPF for this process: root without CAP_BPF / CAP_SYS_ADMIN.
+    let fresh = PathBuf::from("/sys/fs/bpf").join(support::unique("nobpf"));
+    let out = mesh.node.exec_out(&format!(
+        "setpriv --bounding-set=-bpf,-sys_admin,-perfmon {} --pin-dir {} attach --iface n0 --no-sbox",
+        support::bin(),
+        fresh.display()
+    ));
+    let _ = std::fs::remove_dir_all(&fresh);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("refused BPF (EPERM)"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+
     // Nothing attached under another pin dir.
     let out = mesh.node.exec_out(&format!(
         "{} --pin-dir /sys/fs/bpf/{} list",
@@ -532,17 +545,21 @@ fn bad_input_is_refused_and_rules_stay() {
 }
 
 #[test]
-fn pin_dir_from_env_and_bpffs_mounted_when_missing() {
+fn pin_dir_from_env_default_route_iface_and_bpffs_mounted_when_missing() {
     let ns = Netns::new("m");
-    ns.exec("ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up");
+    ns.exec(
+        "ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up && \
+         ip addr add 10.99.0.1/24 dev v1 && ip route add default via 10.99.0.2",
+    );
     let dir = PathBuf::from("/sys/fs/bpf").join(support::unique("env"));
     // A private mount namespace without bpffs at /sys/fs/bpf: attach mounts a
     // fresh one there (seen only inside this mount namespace) and uses it.
+    // Without --iface it picks the interface holding the default route (v1).
     let script = format!(
         "umount /sys/fs/bpf 2>/dev/null; \
          if mountpoint -q /sys/fs/bpf; then echo still-mounted; exit 1; fi; \
          export INGRESS_XDP_PIN_DIR={dir}; \
-         {bin} attach --iface v1 --no-sbox && {bin} block 80 && \
+         {bin} attach --no-sbox && {bin} block 80 && \
          mountpoint -q /sys/fs/bpf && {bin} list && {bin} detach --purge",
         dir = dir.display(),
         bin = support::bin()

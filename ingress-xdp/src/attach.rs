@@ -377,6 +377,7 @@ pub fn attach(
                 .context("XDP program missing from the eBPF object")?
                 .try_into()?;
             prog.load()
+                .map_err(|e| pins::explain_bpf_refusal(e.into()))
                 .context("loading the XDP program (BPF_PROG_LOAD)")?;
             let (link, mode) =
                 sys::in_netns(netns, || attach_xdp(prog, &target.iface, mode_choice))?;
@@ -388,6 +389,7 @@ pub fn attach(
                 .context("TC program missing from the eBPF object")?
                 .try_into()?;
             prog.load()
+                .map_err(|e| pins::explain_bpf_refusal(e.into()))
                 .context("loading the TC program (BPF_PROG_LOAD)")?;
             let link = sys::in_netns(netns, || {
                 let id = prog

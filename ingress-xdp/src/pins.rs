@@ -103,10 +103,29 @@ pub fn load_object(pins: &Pins, attach_id: u32) -> Result<Ebpf> {
         .default_map_pin_directory(pins.dir())
         .override_global("ATTACH_ID", &attach_id, true)
         .load(crate::EBPF_OBJECT)
+        .map_err(anyhow::Error::from)
+        .map_err(explain_bpf_refusal)
         .with_context(|| {
             format!(
                 "loading the eBPF object with maps pinned in {}",
                 pins.dir().display()
             )
         })
+}
+
+/// Turns the kernel's terse refusals of bpf(2) into what the operator can do.
+pub fn explain_bpf_refusal(err: anyhow::Error) -> anyhow::Error {
+    let errno = err
+        .chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .and_then(|e| e.raw_os_error());
+    match errno {
+        Some(libc::ENOSYS) => err.context(
+            "this kernel has no BPF support (bpf(2) returned ENOSYS: CONFIG_BPF_SYSCALL is off)",
+        ),
+        Some(libc::EPERM) => err.context(
+            "the kernel refused BPF (EPERM): run as root with CAP_BPF/CAP_SYS_ADMIN, outside a seccomp sandbox that blocks bpf(2)",
+        ),
+        _ => err,
+    }
 }
