@@ -1229,7 +1229,7 @@ fn counters_add_up() {
 
     // A removed rule stops dropping, and is gone with its counters.
     let spec: PortSpec = "80/tcp".parse().unwrap();
-    assert_eq!(h.rules.remove(&[spec]).unwrap(), 1);
+    assert_eq!(h.rules.remove(&[spec]).unwrap().manual_rules, 1);
     h.check("rule removed", &dropped, Passed);
     assert!(h.entry("80/tcp").is_none());
     h.block("80/tcp");

@@ -194,6 +194,43 @@ impl Default for AttachInfo {
     }
 }
 
+/// Bytes kept of a service name in [`RuleOrigin`].
+pub const ORIGIN_SERVICE_LEN: usize = 64;
+/// Bytes kept of the reason in [`RuleOrigin`].
+pub const ORIGIN_WHY_LEN: usize = 184;
+
+/// Who wants a rule (`RULE_ORIGIN`, read and written by the loader only).
+///
+/// A rule slot with no origin entry belongs to the CLI alone. With an entry,
+/// `manual` and `docker` record each owner's wish; the slot in `RULES` holds
+/// the manual rule when there is one, else the agent's. So the agent never
+/// removes a manual rule and the CLI never loses a Docker-derived one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleOrigin {
+    /// Action of the manual rule ([`action`]), NONE if there is none.
+    pub manual: u8,
+    /// Action the agent's policy wants ([`action`]), NONE if none.
+    pub docker: u8,
+    pub pad: [u8; 6],
+    /// Service whose policy caused the Docker-derived rule (NUL padded).
+    pub service: [u8; ORIGIN_SERVICE_LEN],
+    /// Why the policy blocks it, e.g. the label that decided (NUL padded).
+    pub why: [u8; ORIGIN_WHY_LEN],
+}
+
+impl Default for RuleOrigin {
+    fn default() -> Self {
+        Self {
+            manual: 0,
+            docker: 0,
+            pad: [0; 6],
+            service: [0; ORIGIN_SERVICE_LEN],
+            why: [0; ORIGIN_WHY_LEN],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -205,6 +242,7 @@ mod pod {
     unsafe impl aya::Pod for AllowKeyV4 {}
     unsafe impl aya::Pod for AllowKeyV6 {}
     unsafe impl aya::Pod for AttachInfo {}
+    unsafe impl aya::Pod for RuleOrigin {}
 }
 
 #[cfg(test)]
@@ -219,6 +257,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<AllowKeyV6>(), 20);
         assert_eq!(core::mem::size_of::<AttachCounters>(), 40);
         assert_eq!(core::mem::size_of::<AttachInfo>(), 16 + 24 + 16 + 256);
+        assert_eq!(core::mem::size_of::<RuleOrigin>(), 256);
     }
 
     #[test]

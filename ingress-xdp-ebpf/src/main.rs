@@ -12,13 +12,13 @@ mod parse;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{Array, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use ingress_xdp_common::{
     ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, MAX_ALLOW_PREFIXES,
-    MAX_ATTACH_POINTS, MAX_COUNTED_RULES, RULE_SLOTS, Rule, RuleCounters, RuleKey, action,
-    proto_plane, rule_flags, rule_slot,
+    MAX_ATTACH_POINTS, MAX_COUNTED_RULES, RULE_SLOTS, Rule, RuleCounters, RuleKey, RuleOrigin,
+    action, proto_plane, rule_flags, rule_slot,
 };
 use parse::{Frame, Judgeable, Parsed, Source};
 
@@ -47,6 +47,10 @@ static ATTACH_STATS: PerCpuArray<AttachCounters> = PerCpuArray::pinned(MAX_ATTAC
 /// only, kept in bpffs so that all state lives in one pinned place.
 #[map]
 static ATTACH_INFO: Array<AttachInfo> = Array::pinned(MAX_ATTACH_POINTS, 0);
+
+/// Who owns each rule (CLI, agent, or both); loader-only, like ATTACH_INFO.
+#[map]
+static RULE_ORIGIN: HashMap<RuleKey, RuleOrigin> = HashMap::pinned(MAX_COUNTED_RULES, 1);
 
 enum Outcome {
     Dropped,

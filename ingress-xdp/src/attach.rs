@@ -18,7 +18,7 @@ use aya::{
 use ingress_xdp_common::{
     AttachCounters, AttachInfo, IFNAME_LEN, MAX_ATTACH_POINTS, NETNS_PATH_LEN, hook, xdp_mode,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     pins::{self, MAP_ATTACH_INFO, MAP_ATTACH_STATS, PROG_TC, PROG_XDP, Pins},
@@ -26,7 +26,7 @@ use crate::{
     sys::{self, NetnsId},
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Hook {
     /// XDP: in the driver, before an skb exists (fastest).
@@ -44,7 +44,8 @@ impl fmt::Display for Hook {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpModeChoice {
     /// Native if the driver supports it, else generic.
     #[default]
@@ -443,22 +444,41 @@ pub fn attach(
     })
 }
 
+fn unpin_link(pins: &Pins, id: u32) -> Result<()> {
+    let path = pins.link(id);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("unpinning {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Removes every attach point's link (which detaches the program) and its
 /// record. Returns the points that were detached.
 pub fn detach_all(pins: &Pins) -> Result<Vec<AttachPoint>> {
     let mut registry = Registry::open(pins)?;
     let points = registry.points()?;
     for point in &points {
-        let path = pins.link(point.id);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("unpinning {}", path.display()));
-            }
-            _ => {}
-        }
+        unpin_link(pins, point.id)?;
         registry.clear(point.id)?;
     }
     Ok(points)
+}
+
+/// Forgets attach points whose interface or namespace is gone (Docker
+/// recreated ingress_sbox): their links no longer drop anything.
+pub fn forget_gone(pins: &Pins) -> Result<Vec<AttachPoint>> {
+    let mut registry = Registry::open(pins)?;
+    let mut gone = Vec::new();
+    for point in registry.points()? {
+        if point.presence() == Presence::Gone {
+            unpin_link(pins, point.id)?;
+            registry.clear(point.id)?;
+            gone.push(point);
+        }
+    }
+    Ok(gone)
 }
 
 /// Removes the maps and the directory too (`detach --purge`).

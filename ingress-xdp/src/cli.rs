@@ -8,9 +8,13 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
+    agent::{Agent, AgentConfig},
     attach::{self, AttachPoint, Hook, PointCounters, Presence, Registry, Target, XdpModeChoice},
     cidr::Cidr,
+    config::FileConfig,
+    docker::DEFAULT_LOCAL_DOCKER,
     pins::{DEFAULT_PIN_DIR, Pins},
+    policy::{NamePattern, NodeDefault, PolicySettings},
     rules::{Mode, RuleRange, RuleSpec, RuleTable, fold_ranges},
     spec::PortSpec,
     sys,
@@ -90,6 +94,133 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the agent: attach, then keep the rules equal to this node's policy,
+    /// computed from Docker Swarm services, until stopped.
+    ///
+    /// Policy, per published port of each service (first that applies):
+    ///   1. label ingress-xdp.block=true|false on the service;
+    ///   2. --block-service / --allow-service patterns on this node;
+    ///   3. label ingress-xdp.nodes=CONSTRAINTS (Swarm placement syntax, e.g.
+    ///      node.labels.edge==true,node.role!=manager): matching nodes accept
+    ///      the service's ports, the others block them;
+    ///   4. --default allow|deny.
+    ///
+    /// Host-mode ports are blocked only by 1 and 2. Manual rules (`block`) are
+    /// never touched. Stopping or killing the agent keeps every drop in place.
+    ///
+    /// Examples:
+    ///   ingress-xdp run --default deny --allow-service 'public-*'
+    ///   ingress-xdp run --docker-host tcp://manager:2376    # on a worker
+    ///   ingress-xdp run --config /etc/ingress-xdp.toml
+    #[command(verbatim_doc_comment)]
+    Run(Box<RunArgs>),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// Policy file (TOML) holding any of the settings below; flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// What this node does with a published port no rule decides: allow
+    /// (Docker's behaviour) or deny. [default: allow]
+    #[arg(long, value_enum)]
+    pub default: Option<NodeDefault>,
+    /// Accept the ports of services whose name matches (glob: * and ?; repeatable).
+    #[arg(long = "allow-service", value_name = "PATTERN")]
+    pub allow_services: Vec<NamePattern>,
+    /// Block the ports of services whose name matches (repeatable; wins over --allow-service).
+    #[arg(long = "block-service", value_name = "PATTERN")]
+    pub block_services: Vec<NamePattern>,
+    /// A manager's Docker API, to read services and node labels from on a
+    /// worker (tcp://HOST:PORT; TLS from DOCKER_CERT_PATH when
+    /// DOCKER_TLS_VERIFY is set). Without it a worker follows its own
+    /// ingress network (names and ports only).
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
+    pub docker_host: Option<String>,
+    /// This node's Docker engine. [default: unix:///var/run/docker.sock]
+    #[arg(long, env = "INGRESS_XDP_LOCAL_DOCKER", value_name = "URL")]
+    pub local_docker: Option<String>,
+    /// Seconds between full resyncs (events trigger them too). [default: 30]
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_interval: Option<u64>,
+    /// Host interface to attach to (repeatable). [default: the default-route interface]
+    #[arg(long = "iface", value_name = "NAME")]
+    pub ifaces: Vec<String>,
+    /// ingress_sbox namespace file to follow (attached again whenever Docker
+    /// recreates it). [default: /var/run/docker/netns/ingress_sbox]
+    #[arg(long, value_name = "PATH", conflicts_with = "no_sbox")]
+    pub sbox_netns: Option<PathBuf>,
+    /// Interface inside the sandbox. [default: the one holding its default route]
+    #[arg(long, value_name = "NAME", conflicts_with = "no_sbox")]
+    pub sbox_iface: Option<String>,
+    /// Do not attach inside ingress_sbox.
+    #[arg(long)]
+    pub no_sbox: bool,
+    /// Hook to use. [default: xdp]
+    #[arg(long, value_enum)]
+    pub hook: Option<Hook>,
+    /// XDP attach mode. [default: auto]
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeChoice>,
+}
+
+/// Flags over the policy file over the defaults (pure).
+pub fn agent_settings(args: &RunArgs, file: &FileConfig, pins: Pins) -> AgentSettings {
+    let ifaces = if args.ifaces.is_empty() {
+        file.ifaces.clone().unwrap_or_default()
+    } else {
+        args.ifaces.clone()
+    };
+    let no_sbox = args.no_sbox || file.no_sbox.unwrap_or(false);
+    let sbox_netns = (!no_sbox).then(|| {
+        args.sbox_netns
+            .clone()
+            .or_else(|| file.sbox_netns.clone())
+            .unwrap_or_else(sys::default_sbox_netns)
+    });
+    let pick = |flag: &Vec<NamePattern>, file: &Option<Vec<String>>| {
+        if flag.is_empty() {
+            FileConfig::patterns(file)
+        } else {
+            flag.clone()
+        }
+    };
+    AgentSettings {
+        ifaces,
+        config: AgentConfig {
+            pins,
+            ifaces: Vec::new(),
+            sbox_netns,
+            sbox_iface: args.sbox_iface.clone().or_else(|| file.sbox_iface.clone()),
+            hook: args.hook.or(file.hook).unwrap_or(Hook::Xdp),
+            xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            policy: PolicySettings {
+                default: args.default.or(file.default).unwrap_or(NodeDefault::Allow),
+                allow_services: pick(&args.allow_services, &file.allow_services),
+                block_services: pick(&args.block_services, &file.block_services),
+            },
+            local_docker: args
+                .local_docker
+                .clone()
+                .or_else(|| file.local_docker.clone())
+                .unwrap_or_else(|| DEFAULT_LOCAL_DOCKER.to_string()),
+            manager: args
+                .docker_host
+                .clone()
+                .or_else(|| file.docker_host.clone()),
+            resync: Duration::from_secs(
+                args.resync_interval.or(file.resync_interval).unwrap_or(30),
+            ),
+        },
+    }
+}
+
+/// The merged settings; `ifaces` empty means "the default-route interface",
+/// resolved at start.
+#[derive(Debug)]
+pub struct AgentSettings {
+    pub ifaces: Vec<String>,
+    pub config: AgentConfig,
 }
 
 #[derive(Args, Debug)]
@@ -141,6 +272,61 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::List { json } => cmd_list(&pins, json),
         Command::Stats { json, watch } => cmd_stats(&pins, json, watch),
         Command::Status { json } => cmd_status(&pins, json),
+        Command::Run(args) => cmd_run(pins, &args),
+    }
+}
+
+fn cmd_run(pins: Pins, args: &RunArgs) -> Result<()> {
+    sys::require_root()?;
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let mut settings = agent_settings(args, &file, pins);
+    let ifaces = if settings.ifaces.is_empty() {
+        vec![sys::default_route_iface().context("picking the host NIC")?]
+    } else {
+        settings.ifaces
+    };
+    for iface in &ifaces {
+        sys::ifindex(iface).with_context(|| {
+            format!(
+                "--iface {iface}: interface not found (have: {})",
+                sys::interfaces().join(", ")
+            )
+        })?;
+    }
+    settings.config.ifaces = ifaces;
+    let cfg = settings.config;
+    tracing::info!(
+        "agent starting: NICs {:?}, sandbox {}, hook {}, default {:?}, resync every {}s",
+        cfg.ifaces,
+        cfg.sbox_netns
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "none".into()),
+        cfg.hook,
+        cfg.policy.default,
+        cfg.resync.as_secs()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(Agent::new(cfg).run(shutdown_signal()))
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 
@@ -310,12 +496,18 @@ fn cmd_unblock(pins: &Pins, specs: &[PortSpec]) -> Result<()> {
     pins.require()?;
     let _lock = pins.lock()?;
     let mut table = RuleTable::open(pins)?;
-    let removed = table.remove(specs)?;
+    let removal = table.remove(specs)?;
     for s in specs {
         println!("unblocked {s}");
     }
-    if removed == 0 {
-        eprintln!("note: none of these ports had a rule");
+    for (port, rule) in &removal.kept_by_docker {
+        println!(
+            "note: {port} stays blocked by the agent's policy: service {}: {}",
+            rule.service, rule.why
+        );
+    }
+    if removal.manual_rules == 0 {
+        eprintln!("note: none of these ports had a manual rule");
     }
     Ok(())
 }
@@ -343,7 +535,7 @@ pub fn render_rules(ranges: &[RuleRange]) -> String {
         return "no rules\n".to_string();
     }
     let mut out = format!(
-        "{:<18} {:<6} {:>12} {:>14}  {}\n",
+        "{:<18} {:<6} {:>12} {:>14}  {:<20} ORIGIN\n",
         "PORT", "MODE", "PACKETS", "BYTES", "ALLOW-FROM"
     );
     for r in ranges {
@@ -352,17 +544,19 @@ pub fn render_rules(ranges: &[RuleRange]) -> String {
             Mode::Block => "block",
             Mode::Audit => "audit",
         };
+        let allow = if allow.is_empty() {
+            "-".to_string()
+        } else {
+            allow.join(",")
+        };
         out += &format!(
-            "{:<18} {:<6} {:>12} {:>14}  {}\n",
+            "{:<18} {:<6} {:>12} {:>14}  {:<20} {}\n",
             r.spec().to_string(),
             mode,
             r.packets,
             r.bytes,
-            if allow.is_empty() {
-                "-".to_string()
-            } else {
-                allow.join(",")
-            }
+            allow,
+            r.origin
         );
     }
     out

@@ -5,10 +5,17 @@
 //! programs, [`spec`] and [`cidr`] parse operator input, [`sys`] holds the raw
 //! syscalls, and [`cli`] wires them to the command line.
 
+pub mod agent;
 pub mod attach;
 pub mod cidr;
 pub mod cli;
+pub mod config;
+pub mod constraint;
+pub mod docker;
+pub mod model;
 pub mod pins;
+pub mod policy;
+pub mod reconcile;
 pub mod rules;
 pub mod spec;
 pub mod sys;

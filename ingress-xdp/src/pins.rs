@@ -7,6 +7,7 @@
 //! <pin-dir>/ALLOW_V4|V6    LPM trie (rule, source prefix) -> 1
 //! <pin-dir>/ATTACH_STATS   percpu array attach id -> counters
 //! <pin-dir>/ATTACH_INFO    array attach id -> where it is attached
+//! <pin-dir>/RULE_ORIGIN    hash RuleKey -> who wants the rule (CLI, agent)
 //! <pin-dir>/links/ap<ID>   the bpf_link of attach point ID
 //! ```
 
@@ -24,13 +25,15 @@ pub const MAP_ALLOW_V4: &str = "ALLOW_V4";
 pub const MAP_ALLOW_V6: &str = "ALLOW_V6";
 pub const MAP_ATTACH_STATS: &str = "ATTACH_STATS";
 pub const MAP_ATTACH_INFO: &str = "ATTACH_INFO";
-pub const ALL_MAPS: [&str; 6] = [
+pub const MAP_RULE_ORIGIN: &str = "RULE_ORIGIN";
+pub const ALL_MAPS: [&str; 7] = [
     MAP_RULES,
     MAP_RULE_STATS,
     MAP_ALLOW_V4,
     MAP_ALLOW_V6,
     MAP_ATTACH_STATS,
     MAP_ATTACH_INFO,
+    MAP_RULE_ORIGIN,
 ];
 
 /// Program names in the eBPF object.

@@ -12,18 +12,18 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    Array, Map, MapData, MapError, PerCpuHashMap, PerCpuValues,
+    Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
 use ingress_xdp_common::{
-    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, Rule, RuleCounters, RuleKey, action,
-    proto_plane, rule_flags, rule_slot,
+    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, ORIGIN_SERVICE_LEN, ORIGIN_WHY_LEN, Rule,
+    RuleCounters, RuleKey, RuleOrigin, action, proto_plane, rule_flags, rule_slot,
 };
 use serde::Serialize;
 
 use crate::{
     cidr::Cidr,
-    pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_RULE_STATS, MAP_RULES, Pins},
+    pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_RULE_ORIGIN, MAP_RULE_STATS, MAP_RULES, Pins},
     spec::{PortSpec, Protocol},
 };
 
@@ -60,6 +60,42 @@ pub struct RuleSpec {
     pub allow_from: BTreeSet<Cidr>,
 }
 
+/// Who wants a rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Origin {
+    /// Set with the CLI (`block`); the agent never removes it.
+    pub manual: bool,
+    /// The service whose policy blocks the port (the agent's rule).
+    pub service: Option<String>,
+    /// Why that policy blocks it (the deciding label, pattern or default).
+    pub why: Option<String>,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.service, self.manual) {
+            (None, _) => f.write_str("manual"),
+            (Some(service), manual) => {
+                if manual {
+                    f.write_str("manual; also ")?;
+                }
+                write!(f, "service {service}")?;
+                if let Some(why) = &self.why {
+                    write!(f, ": {why}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A rule the agent's policy wants: the service and the reason.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DockerRule {
+    pub service: String,
+    pub why: String,
+}
+
 /// One rule as read back from the maps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuleEntry {
@@ -69,6 +105,7 @@ pub struct RuleEntry {
     pub allow_from: Vec<Cidr>,
     pub packets: u64,
     pub bytes: u64,
+    pub origin: Origin,
 }
 
 pub(crate) fn open_map(pins: &Pins, name: &str) -> Result<Map> {
@@ -107,6 +144,22 @@ fn allow_key_v6(rule: RuleKey, addr: Ipv6Addr, len: u8) -> Key<AllowKeyV6> {
     )
 }
 
+fn fixed_bytes<const N: usize>(text: &str) -> [u8; N] {
+    let mut out = [0u8; N];
+    // Cut on a char boundary so the stored text stays valid UTF-8.
+    let mut n = text.len().min(N - 1);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+    out
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
 fn is_missing(err: &MapError) -> bool {
     matches!(err, MapError::KeyNotFound)
         || matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
@@ -117,6 +170,7 @@ pub struct RuleTable {
     stats: PerCpuHashMap<MapData, RuleKey, RuleCounters>,
     allow_v4: LpmTrie<MapData, AllowKeyV4, u8>,
     allow_v6: LpmTrie<MapData, AllowKeyV6, u8>,
+    origins: HashMap<MapData, RuleKey, RuleOrigin>,
     cpus: usize,
 }
 
@@ -130,6 +184,7 @@ impl RuleTable {
             stats: open_map(pins, MAP_RULE_STATS)?.try_into()?,
             allow_v4: open_map(pins, MAP_ALLOW_V4)?.try_into()?,
             allow_v6: open_map(pins, MAP_ALLOW_V6)?.try_into()?,
+            origins: open_map(pins, MAP_RULE_ORIGIN)?.try_into()?,
             cpus,
         })
     }
@@ -199,15 +254,7 @@ impl RuleTable {
                 for cidr in spec.allow_from.difference(&old) {
                     self.insert_prefix(key, cidr)?;
                 }
-                if self.stats.get(&key, 0).is_err() {
-                    // Counters are best effort: a full counter map must not
-                    // stop a block.
-                    let zero = PerCpuValues::try_from(vec![RuleCounters::default(); self.cpus])
-                        .context("building per-CPU zero counters")?;
-                    if let Err(e) = self.stats.insert(key, zero, 0) {
-                        tracing::warn!("no counters for {port}/{}: {e}", ps.proto);
-                    }
-                }
+                self.ensure_counters(key)?;
                 let rule = Rule {
                     action: spec.mode.action(),
                     flags: if spec.allow_from.is_empty() {
@@ -223,36 +270,187 @@ impl RuleTable {
                 for cidr in old.difference(&spec.allow_from) {
                     self.remove_prefix(key, cidr)?;
                 }
+                if let Some(mut origin) = self.origin(&key)? {
+                    origin.manual = rule.action;
+                    self.put_origin(key, &origin)?;
+                }
             }
         }
         Ok(())
     }
 
-    /// Removes the rules of every port of `specs`; returns how many existed.
-    pub fn remove(&mut self, specs: &[PortSpec]) -> Result<usize> {
-        let mut allowlists = self.allowlists()?;
-        let mut removed = 0;
-        for ps in specs {
-            for port in ps.ports() {
-                let key = key_of(ps.proto, port);
-                if self.get(ps.proto, port)?.is_some() {
-                    removed += 1;
+    fn origin(&self, key: &RuleKey) -> Result<Option<RuleOrigin>> {
+        match self.origins.get(key, 0) {
+            Ok(origin) => Ok(Some(origin)),
+            Err(e) if is_missing(&e) => Ok(None),
+            Err(e) => Err(e).context("reading RULE_ORIGIN"),
+        }
+    }
+
+    fn put_origin(&mut self, key: RuleKey, origin: &RuleOrigin) -> Result<()> {
+        self.origins
+            .insert(key, *origin, 0)
+            .context("writing RULE_ORIGIN (is it full?)")
+    }
+
+    fn drop_origin(&mut self, key: &RuleKey) -> Result<()> {
+        match self.origins.remove(key) {
+            Err(e) if !is_missing(&e) => Err(e).context("removing from RULE_ORIGIN"),
+            _ => Ok(()),
+        }
+    }
+
+    fn ensure_counters(&mut self, key: RuleKey) -> Result<()> {
+        if self.stats.get(&key, 0).is_err() {
+            let zero = PerCpuValues::try_from(vec![RuleCounters::default(); self.cpus])
+                .context("building per-CPU zero counters")?;
+            // Counters are best effort: a full counter map must not stop a block.
+            if let Err(e) = self.stats.insert(key, zero, 0) {
+                tracing::warn!("no counters for {}/{}: {e}", key.port, key.proto);
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_counters(&mut self, key: &RuleKey) -> Result<()> {
+        match self.stats.remove(key) {
+            Err(e) if !is_missing(&e) => Err(e).context("removing rule counters"),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records what the agent's policy wants for one port: `Some` blocks it
+    /// (unless a manual rule decides the slot), `None` withdraws the agent's
+    /// wish (the port opens unless a manual rule holds it).
+    pub fn set_docker(
+        &mut self,
+        proto: Protocol,
+        port: u16,
+        want: Option<&DockerRule>,
+    ) -> Result<()> {
+        let key = key_of(proto, port);
+        let slot = slot_of(proto, port);
+        let current = self.rules.get(&slot, 0).context("reading RULES")?;
+        let origin = self.origin(&key)?;
+        match want {
+            Some(rule) => {
+                let mut origin = origin.unwrap_or(RuleOrigin {
+                    // A slot with no origin entry is a manual rule.
+                    manual: current.action,
+                    ..RuleOrigin::default()
+                });
+                origin.docker = action::BLOCK;
+                origin.service = fixed_bytes::<ORIGIN_SERVICE_LEN>(&rule.service);
+                origin.why = fixed_bytes::<ORIGIN_WHY_LEN>(&rule.why);
+                self.put_origin(key, &origin)?;
+                if origin.manual == action::NONE {
+                    self.ensure_counters(key)?;
+                    let block = Rule {
+                        action: action::BLOCK,
+                        flags: 0,
+                        reserved: 0,
+                    };
+                    self.rules
+                        .set(slot, block, 0)
+                        .with_context(|| format!("writing rule {port}/{proto}"))?;
                 }
-                self.rules
-                    .set(slot_of(ps.proto, port), Rule::default(), 0)
-                    .with_context(|| format!("clearing rule {port}/{}", ps.proto))?;
-                for cidr in allowlists.remove(&key).unwrap_or_default() {
-                    self.remove_prefix(key, &cidr)?;
-                }
-                match self.stats.remove(&key) {
-                    Err(e) if !is_missing(&e) => {
-                        return Err(e).context(format!("removing counters of {port}/{}", ps.proto));
-                    }
-                    _ => {}
+            }
+            None => {
+                let Some(mut origin) = origin else {
+                    return Ok(());
+                };
+                if origin.manual == action::NONE {
+                    self.rules
+                        .set(slot, Rule::default(), 0)
+                        .with_context(|| format!("clearing rule {port}/{proto}"))?;
+                    self.drop_counters(&key)?;
+                    self.drop_origin(&key)?;
+                } else {
+                    origin.docker = action::NONE;
+                    origin.service = [0; ORIGIN_SERVICE_LEN];
+                    origin.why = [0; ORIGIN_WHY_LEN];
+                    self.put_origin(key, &origin)?;
                 }
             }
         }
-        Ok(removed)
+        Ok(())
+    }
+
+    /// The rules the agent currently owns.
+    pub fn docker_rules(&self) -> Result<BTreeMap<(Protocol, u16), DockerRule>> {
+        let mut out = BTreeMap::new();
+        for item in self.origins.iter() {
+            let (key, origin) = item.context("iterating RULE_ORIGIN")?;
+            if origin.docker == action::NONE {
+                continue;
+            }
+            if let Some(proto) = Protocol::from_number(key.proto) {
+                out.insert(
+                    (proto, key.port),
+                    DockerRule {
+                        service: text_of(&origin.service),
+                        why: text_of(&origin.why),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the manual rules of every port of `specs`. Ports the agent's
+    /// policy blocks stay blocked (its rule takes the slot back); they are
+    /// returned with their reason. Also returns how many manual rules existed.
+    pub fn remove(&mut self, specs: &[PortSpec]) -> Result<Removal> {
+        let mut allowlists = self.allowlists()?;
+        let mut removal = Removal::default();
+        for ps in specs {
+            for port in ps.ports() {
+                let key = key_of(ps.proto, port);
+                let slot = slot_of(ps.proto, port);
+                let origin = self.origin(&key)?;
+                let manual = match &origin {
+                    Some(o) => o.manual != action::NONE,
+                    None => self.get(ps.proto, port)?.is_some(),
+                };
+                if manual {
+                    removal.manual_rules += 1;
+                }
+                match origin {
+                    Some(mut origin) if origin.docker != action::NONE => {
+                        let docker = Rule {
+                            action: origin.docker,
+                            flags: 0,
+                            reserved: 0,
+                        };
+                        self.rules
+                            .set(slot, docker, 0)
+                            .with_context(|| format!("writing rule {port}/{}", ps.proto))?;
+                        origin.manual = action::NONE;
+                        self.put_origin(key, &origin)?;
+                        removal.kept_by_docker.push((
+                            PortSpec::single(ps.proto, port),
+                            DockerRule {
+                                service: text_of(&origin.service),
+                                why: text_of(&origin.why),
+                            },
+                        ));
+                    }
+                    origin => {
+                        self.rules
+                            .set(slot, Rule::default(), 0)
+                            .with_context(|| format!("clearing rule {port}/{}", ps.proto))?;
+                        self.drop_counters(&key)?;
+                        if origin.is_some() {
+                            self.drop_origin(&key)?;
+                        }
+                    }
+                }
+                for cidr in allowlists.remove(&key).unwrap_or_default() {
+                    self.remove_prefix(key, &cidr)?;
+                }
+            }
+        }
+        Ok(removal)
     }
 
     fn counters(&self, key: &RuleKey) -> RuleCounters {
@@ -284,6 +482,17 @@ impl RuleTable {
                 };
                 let key = key_of(proto, port);
                 let counters = self.counters(&key);
+                let origin = match self.origin(&key)? {
+                    None => Origin {
+                        manual: true,
+                        ..Origin::default()
+                    },
+                    Some(o) => Origin {
+                        manual: o.manual != action::NONE,
+                        service: (o.docker != action::NONE).then(|| text_of(&o.service)),
+                        why: (o.docker != action::NONE).then(|| text_of(&o.why)),
+                    },
+                };
                 out.push(RuleEntry {
                     proto,
                     port,
@@ -294,12 +503,22 @@ impl RuleTable {
                         .unwrap_or_default(),
                     packets: counters.packets,
                     bytes: counters.bytes,
+                    origin,
                 });
             }
         }
         out.sort_by_key(|e| (e.proto, e.port));
         Ok(out)
     }
+}
+
+/// What [`RuleTable::remove`] did.
+#[derive(Debug, Default)]
+pub struct Removal {
+    /// Manual rules that existed among the ports.
+    pub manual_rules: usize,
+    /// Ports that stay blocked because the agent's policy wants them.
+    pub kept_by_docker: Vec<(PortSpec, DockerRule)>,
 }
 
 /// Consecutive ports of one protocol with the same mode and allowlist,
@@ -313,6 +532,7 @@ pub struct RuleRange {
     pub allow_from: Vec<Cidr>,
     pub packets: u64,
     pub bytes: u64,
+    pub origin: Origin,
 }
 
 impl RuleRange {
@@ -334,6 +554,7 @@ pub fn fold_ranges(entries: &[RuleEntry]) -> Vec<RuleRange> {
             && u32::from(last.high) + 1 == u32::from(e.port)
             && last.mode == e.mode
             && last.allow_from == e.allow_from
+            && last.origin == e.origin
         {
             last.high = e.port;
             last.packets += e.packets;
@@ -348,6 +569,7 @@ pub fn fold_ranges(entries: &[RuleEntry]) -> Vec<RuleRange> {
             allow_from: e.allow_from.clone(),
             packets: e.packets,
             bytes: e.bytes,
+            origin: e.origin.clone(),
         });
     }
     out
@@ -365,6 +587,7 @@ mod tests {
             allow_from: vec![],
             packets,
             bytes: packets * 60,
+            origin: Origin::default(),
         }
     }
 

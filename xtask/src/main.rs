@@ -27,8 +27,9 @@ enum Task {
         #[arg(long)]
         test_packages: bool,
     },
-    /// Build (release) and run `ingress-xdp ARGS` as root. Without ARGS:
-    /// attach with the defaults (default-route NIC + ingress_sbox), then show status.
+    /// Build (release) and run `ingress-xdp ARGS` as root. Without ARGS: run
+    /// the agent with the defaults (default-route NIC + ingress_sbox, node
+    /// default allow, policy from Docker labels).
     Run {
         /// Arguments for ingress-xdp (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -257,19 +258,17 @@ fn run(args: Vec<String>) -> Result<()> {
     setup(false)?;
     status(cargo().args(["build", "--release", "--package", "ingress-xdp"]))?;
     let bin = workspace_root().join("target/release/ingress-xdp");
-    let runs: Vec<Vec<String>> = if args.is_empty() {
-        vec![vec!["attach".into()], vec!["status".into()]]
+    let args = if args.is_empty() {
+        vec!["run".to_string()]
     } else {
-        vec![args]
+        args
     };
-    for args in runs {
-        let st = as_root(&bin, &args)
-            .status()
-            .with_context(|| format!("running {}", bin.display()))?;
-        if !st.success() {
-            // ingress-xdp already said what went wrong; keep its exit code.
-            std::process::exit(st.code().unwrap_or(1));
-        }
+    let st = as_root(&bin, &args)
+        .status()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !st.success() {
+        // ingress-xdp already said what went wrong; keep its exit code.
+        std::process::exit(st.code().unwrap_or(1));
     }
     Ok(())
 }

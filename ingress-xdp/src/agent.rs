@@ -1,0 +1,418 @@
+//! The agent (`ingress-xdp run`): keeps the attach points in place and the
+//! Docker-derived rules equal to this node's policy.
+//!
+//! It reads Docker, evaluates the policy (pure), plans the difference against
+//! the rules it owns (pure) and applies it under the pin-directory lock, so
+//! CLI changes made meanwhile are never lost. It never removes a manual rule,
+//! and when Docker is unreachable it changes nothing: the drops stay.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+    pin::Pin,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use bollard::Docker;
+use futures_util::{Stream, StreamExt};
+
+use crate::{
+    attach::{self, Hook, Target, XdpModeChoice},
+    docker,
+    model::{NodeInfo, ServiceInfo},
+    pins::Pins,
+    policy::{self, PolicySettings},
+    reconcile::{Change, PortKey, plan},
+    rules::{DockerRule, RuleTable},
+    sys::{self, NetnsId},
+};
+
+/// Everything the agent needs, after flags and the policy file are merged.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    pub pins: Pins,
+    /// Host interfaces (already resolved).
+    pub ifaces: Vec<String>,
+    /// ingress_sbox namespace file to follow; None: host NICs only.
+    pub sbox_netns: Option<PathBuf>,
+    /// Interface inside the sandbox; None: the one holding its default route.
+    pub sbox_iface: Option<String>,
+    pub hook: Hook,
+    pub xdp_mode: XdpModeChoice,
+    pub policy: PolicySettings,
+    /// This node's engine.
+    pub local_docker: String,
+    /// A manager to read services and node labels from, if not the local engine.
+    pub manager: Option<String>,
+    /// Full resync period (the safety net behind events).
+    pub resync: Duration,
+}
+
+/// How often the sandbox namespace file is checked for a new namespace.
+const SBOX_POLL: Duration = Duration::from_millis(200);
+/// Services are polled this often when only the worker's local view exists
+/// (workers receive no service events).
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SourceMode {
+    /// Services, labels and protocols from a manager.
+    Manager,
+    /// The worker's `networks/ingress` view: names and ports only.
+    LocalFallback,
+}
+
+type Events = Pin<
+    Box<dyn Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + Send>,
+>;
+
+pub struct Agent {
+    cfg: AgentConfig,
+    local: Option<Docker>,
+    cluster: Option<Docker>,
+    mode: Option<SourceMode>,
+    /// Last Docker error, to log once per state change.
+    docker_down: Option<String>,
+    /// (service id, version, label) already warned about.
+    warned: HashSet<(String, u64, String)>,
+    sbox: Option<NetnsId>,
+    sbox_pending: Option<String>,
+}
+
+impl Agent {
+    pub fn new(cfg: AgentConfig) -> Self {
+        Self {
+            cfg,
+            local: None,
+            cluster: None,
+            mode: None,
+            docker_down: None,
+            warned: HashSet::new(),
+            sbox: None,
+            sbox_pending: None,
+        }
+    }
+
+    /// Attaches to the host NICs (errors are fatal: the operator named them).
+    pub fn attach_host(&self) -> Result<()> {
+        let pins = &self.cfg.pins;
+        pins.create()?;
+        let _lock = pins.lock()?;
+        for iface in &self.cfg.ifaces {
+            let target = Target {
+                netns: None,
+                iface: iface.clone(),
+            };
+            let report = attach::attach(pins, &target, self.cfg.hook, self.cfg.xdp_mode)
+                .with_context(|| format!("attaching to {target}"))?;
+            if !report.already {
+                tracing::info!("attached {target} ({})", report.point.hook);
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the sandbox namespace: attach to a new one as soon as it has
+    /// its interface, forget attach points whose namespace is gone.
+    pub fn watch_sbox(&mut self) {
+        let Some(path) = self.cfg.sbox_netns.clone() else {
+            return;
+        };
+        let current = NetnsId::of_path(&path).ok();
+        if current == self.sbox {
+            return;
+        }
+        let Some(id) = current else {
+            tracing::info!(
+                "{} is gone; waiting for Docker to recreate it",
+                path.display()
+            );
+            self.sbox = None;
+            self.forget_gone();
+            return;
+        };
+        match self.attach_sbox(&path) {
+            Ok(report) => {
+                self.sbox = Some(id);
+                self.sbox_pending = None;
+                if !report.already {
+                    tracing::info!(
+                        "attached {} in {} ({})",
+                        report.point.iface,
+                        path.display(),
+                        report.point.hook
+                    );
+                }
+                self.forget_gone();
+            }
+            Err(e) => {
+                // Docker may still be wiring the namespace: retry quietly,
+                // log each distinct error once.
+                let msg = format!("{e:#}");
+                if self.sbox_pending.as_deref() != Some(&msg) {
+                    tracing::debug!("not attached to {} yet: {msg}", path.display());
+                    self.sbox_pending = Some(msg);
+                }
+            }
+        }
+    }
+
+    fn attach_sbox(&self, path: &std::path::Path) -> Result<attach::AttachReport> {
+        let iface = match &self.cfg.sbox_iface {
+            Some(name) => name.clone(),
+            None => sys::in_netns(Some(path), sys::default_route_iface)?,
+        };
+        let target = Target {
+            netns: Some(path.to_path_buf()),
+            iface,
+        };
+        let _lock = self.cfg.pins.lock()?;
+        attach::attach(&self.cfg.pins, &target, self.cfg.hook, self.cfg.xdp_mode)
+    }
+
+    fn forget_gone(&self) {
+        let result = self
+            .cfg
+            .pins
+            .lock()
+            .and_then(|_lock| attach::forget_gone(&self.cfg.pins));
+        match result {
+            Ok(gone) => {
+                for point in gone {
+                    tracing::info!(
+                        "forgot attach point {} (its namespace or interface is gone)",
+                        point.target()
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("pruning stale attach points: {e:#}"),
+        }
+    }
+
+    async fn local(&mut self) -> Result<Docker> {
+        if let Some(d) = &self.local {
+            return Ok(d.clone());
+        }
+        let d = docker::connect(&self.cfg.local_docker).await?;
+        self.local = Some(d.clone());
+        Ok(d)
+    }
+
+    async fn cluster(&mut self) -> Result<Option<Docker>> {
+        let Some(url) = self.cfg.manager.clone() else {
+            return Ok(None);
+        };
+        if let Some(d) = &self.cluster {
+            return Ok(Some(d.clone()));
+        }
+        let d = docker::connect(&url).await?;
+        self.cluster = Some(d.clone());
+        Ok(Some(d))
+    }
+
+    fn set_mode(&mut self, mode: SourceMode) {
+        if self.mode == Some(mode) {
+            return;
+        }
+        match mode {
+            SourceMode::Manager => match &self.cfg.manager {
+                Some(url) => {
+                    tracing::info!("reading services and node labels from the manager at {url}")
+                }
+                None => tracing::info!(
+                    "reading services and node labels from the local engine (a manager)"
+                ),
+            },
+            SourceMode::LocalFallback => tracing::warn!(
+                "this node is a worker and no manager is configured (--docker-host): following the \
+                 ingress network's service list, which has no protocols (published ports are blocked \
+                 for both tcp and udp) and no labels (only --default, --allow-service and \
+                 --block-service apply)"
+            ),
+        }
+        self.mode = Some(mode);
+    }
+
+    /// Reads this node and the services, from whichever source is available.
+    async fn fetch(&mut self) -> Result<(NodeInfo, Vec<ServiceInfo>)> {
+        let local = self.local().await?;
+        if let Some(cluster) = self.cluster().await? {
+            let node = docker::node_info(&local, Some(&cluster)).await?;
+            let services = docker::services(&cluster).await?;
+            self.set_mode(SourceMode::Manager);
+            return Ok((node, services));
+        }
+        match docker::services(&local).await {
+            Ok(services) => {
+                let node = docker::node_info(&local, Some(&local)).await?;
+                self.set_mode(SourceMode::Manager);
+                Ok((node, services))
+            }
+            Err(e) if docker::is_not_manager(&e) => {
+                let node = docker::node_info(&local, None).await?;
+                let services = docker::ingress_services(&local).await?;
+                self.set_mode(SourceMode::LocalFallback);
+                Ok((node, services))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One full pass: read Docker, evaluate, apply the difference.
+    pub async fn sync(&mut self) -> Result<()> {
+        let (node, services) = self.fetch().await?;
+        let evaluation = policy::evaluate(&node, &services, &self.cfg.policy);
+        for w in &evaluation.warnings {
+            if self
+                .warned
+                .insert((w.service_id.clone(), w.version, w.label.clone()))
+            {
+                tracing::warn!("{w}");
+            }
+        }
+        let wanted: BTreeMap<PortKey, DockerRule> = evaluation
+            .blocked
+            .into_iter()
+            .map(|(key, reason)| {
+                (
+                    key,
+                    DockerRule {
+                        service: reason.service,
+                        why: reason.why,
+                    },
+                )
+            })
+            .collect();
+        self.apply(&wanted)
+    }
+
+    fn apply(&self, wanted: &BTreeMap<PortKey, DockerRule>) -> Result<()> {
+        let _lock = self.cfg.pins.lock()?;
+        let mut table = RuleTable::open(&self.cfg.pins)?;
+        let current = table.docker_rules()?;
+        for change in plan(&current, wanted) {
+            match change {
+                Change::Block {
+                    key: (proto, port),
+                    rule,
+                } => {
+                    table.set_docker(proto, port, Some(&rule))?;
+                    tracing::info!(
+                        "blocked {port}/{proto}: service {}, {}",
+                        rule.service,
+                        rule.why
+                    );
+                }
+                Change::Unblock {
+                    key: (proto, port),
+                    was,
+                } => {
+                    table.set_docker(proto, port, None)?;
+                    tracing::info!(
+                        "unblocked {port}/{proto}: no policy blocks it now (was: service {}, {})",
+                        was.service,
+                        was.why
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn docker_failed(&mut self, err: &anyhow::Error) {
+        // Drop the clients: the engine may come back on a new socket.
+        self.local = None;
+        self.cluster = None;
+        let msg = format!("{err:#}");
+        if self.docker_down.as_deref() != Some(&msg) {
+            tracing::warn!("Docker unavailable ({msg}); keeping the current drops, retrying");
+            self.docker_down = Some(msg);
+        }
+    }
+
+    fn docker_ok(&mut self) {
+        if self.docker_down.take().is_some() {
+            tracing::info!("Docker reachable again; resynced");
+        }
+    }
+
+    async fn events(&mut self) -> Option<Events> {
+        let source = match self.mode? {
+            SourceMode::LocalFallback => return None,
+            SourceMode::Manager => match self.cluster().await.ok()? {
+                Some(cluster) => cluster,
+                None => self.local().await.ok()?,
+            },
+        };
+        Some(Box::pin(docker::policy_events(&source)))
+    }
+
+    /// Runs until `shutdown` resolves. Returns only on shutdown or a fatal
+    /// start-up error; the pinned state stays either way.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        self.attach_host()?;
+        self.watch_sbox();
+        tokio::pin!(shutdown);
+        let mut resync = tokio::time::interval(self.cfg.resync);
+        let mut sbox_tick = tokio::time::interval(SBOX_POLL);
+        let mut fallback_tick = tokio::time::interval(FALLBACK_POLL);
+        let mut events: Option<Events> = None;
+        let mut dirty = true;
+        let mut backoff = Duration::from_millis(250);
+        let mut retry_at = Instant::now();
+        loop {
+            if dirty && Instant::now() >= retry_at {
+                match self.sync().await {
+                    Ok(()) => {
+                        self.docker_ok();
+                        dirty = false;
+                        backoff = Duration::from_millis(250);
+                        if events.is_none() {
+                            events = self.events().await;
+                        }
+                    }
+                    Err(e) => {
+                        self.docker_failed(&e);
+                        events = None;
+                        retry_at = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+            let retry_in = retry_at.saturating_duration_since(Instant::now());
+            tokio::select! {
+                () = &mut shutdown => {
+                    tracing::info!("stopping; attach points and rules stay pinned");
+                    return Ok(());
+                }
+                _ = resync.tick() => dirty = true,
+                _ = sbox_tick.tick() => self.watch_sbox(),
+                _ = fallback_tick.tick(), if self.mode == Some(SourceMode::LocalFallback) => dirty = true,
+                event = next_event(&mut events) => match event {
+                    Some(Ok(_)) => dirty = true,
+                    Some(Err(e)) => {
+                        tracing::debug!("event stream ended: {e}");
+                        events = None;
+                        dirty = true;
+                    }
+                    None => {
+                        events = None;
+                        dirty = true;
+                    }
+                },
+                () = tokio::time::sleep(retry_in), if dirty => {}
+            }
+        }
+    }
+}
+
+async fn next_event(
+    events: &mut Option<Events>,
+) -> Option<Result<bollard::models::EventMessage, bollard::errors::Error>> {
+    match events {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}

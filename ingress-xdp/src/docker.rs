@@ -1,0 +1,321 @@
+//! Reading Docker: this node's identity, the cluster's services and their
+//! published ports (bollard), turned into the [`crate::model`] types.
+//!
+//! Two engines may be involved: the local one (this node: identity, the
+//! worker fallback) and the cluster one (a manager: services, node labels).
+//! On a manager they are the same engine.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result, bail};
+use bollard::{
+    Docker,
+    errors::Error as DockerError,
+    models::{
+        EndpointPortConfigProtocolEnum as ProtoEnum, EndpointPortConfigPublishModeEnum as ModeEnum,
+        NodeSpecRoleEnum, Service,
+    },
+    query_parameters::{EventsOptions, InspectNetworkOptions},
+};
+
+use crate::{
+    model::{NodeInfo, NodeRole, PublishMode, PublishedPort, ServiceInfo},
+    spec::Protocol,
+};
+
+pub const DEFAULT_LOCAL_DOCKER: &str = "unix:///var/run/docker.sock";
+
+/// Connects to `host` (`unix://PATH`, a bare socket path, `tcp://HOST:PORT`;
+/// with DOCKER_TLS_VERIFY set, tcp uses TLS with the certificates in
+/// DOCKER_CERT_PATH, as the docker CLI does) and negotiates the API version.
+pub async fn connect(host: &str) -> Result<Docker> {
+    let url = if host.starts_with('/') {
+        format!("unix://{host}")
+    } else {
+        host.to_string()
+    };
+    let docker = Docker::connect_with_host(&url)
+        .with_context(|| format!("connecting to the Docker engine at {url}"))?;
+    docker
+        .negotiate_version()
+        .await
+        .with_context(|| format!("talking to the Docker engine at {url}"))
+}
+
+/// True when the engine answered that it is not a swarm manager (workers
+/// cannot list services or nodes).
+pub fn is_not_manager(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        matches!(
+            e.downcast_ref::<DockerError>(),
+            Some(DockerError::DockerResponseServerError { status_code: 503, message })
+                if message.contains("not a swarm manager")
+        )
+    })
+}
+
+fn key_values(pairs: &[String]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (kv.clone(), String::new()),
+        })
+        .collect()
+}
+
+fn sorted(map: Option<HashMap<String, String>>) -> BTreeMap<String, String> {
+    map.unwrap_or_default().into_iter().collect()
+}
+
+/// This node's identity: the local engine's /info, completed from the
+/// cluster's /nodes/{id} when a manager is reachable.
+pub async fn node_info(local: &Docker, cluster: Option<&Docker>) -> Result<NodeInfo> {
+    let info = local.info().await.context("GET /info")?;
+    let swarm = info.swarm.unwrap_or_default();
+    let id = swarm.node_id.unwrap_or_default();
+    if id.is_empty() {
+        bail!("this Docker engine is not part of a swarm (docker info shows no Swarm.NodeID)");
+    }
+    let mut node = NodeInfo {
+        id: id.clone(),
+        hostname: info.name.unwrap_or_default(),
+        role: swarm.control_available.map(|manager| {
+            if manager {
+                NodeRole::Manager
+            } else {
+                NodeRole::Worker
+            }
+        }),
+        labels: BTreeMap::new(),
+        engine_labels: key_values(&info.labels.unwrap_or_default()),
+        os: info.os_type.unwrap_or_default(),
+        arch: info.architecture.unwrap_or_default(),
+    };
+    let Some(cluster) = cluster else {
+        return Ok(node);
+    };
+    let inspected = cluster
+        .inspect_node(&id)
+        .await
+        .with_context(|| format!("GET /nodes/{id}"))?;
+    if let Some(spec) = inspected.spec {
+        node.labels = sorted(spec.labels);
+        node.role = match spec.role {
+            Some(NodeSpecRoleEnum::MANAGER) => Some(NodeRole::Manager),
+            Some(NodeSpecRoleEnum::WORKER) => Some(NodeRole::Worker),
+            _ => node.role,
+        };
+    }
+    if let Some(desc) = inspected.description {
+        if let Some(hostname) = desc.hostname {
+            node.hostname = hostname;
+        }
+        if let Some(platform) = desc.platform {
+            node.os = platform.os.unwrap_or(node.os);
+            node.arch = platform.architecture.unwrap_or(node.arch);
+        }
+    }
+    Ok(node)
+}
+
+fn service_info(service: Service) -> Option<ServiceInfo> {
+    let spec = service.spec?;
+    let ports = service
+        .endpoint
+        .and_then(|e| e.ports)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let published = u16::try_from(p.published_port?).ok().filter(|&p| p != 0)?;
+            let target = p
+                .target_port
+                .and_then(|t| u16::try_from(t).ok())
+                .unwrap_or(0);
+            let proto = match p.protocol {
+                Some(ProtoEnum::UDP) => Protocol::Udp,
+                Some(ProtoEnum::SCTP) => Protocol::Sctp,
+                _ => Protocol::Tcp,
+            };
+            let mode = match p.publish_mode {
+                Some(ModeEnum::HOST) => PublishMode::Host,
+                _ => PublishMode::Ingress,
+            };
+            Some(PublishedPort {
+                proto: Some(proto),
+                published,
+                target,
+                mode,
+            })
+        })
+        .collect();
+    Some(ServiceInfo {
+        id: service.id.unwrap_or_default(),
+        name: spec.name.unwrap_or_default(),
+        version: service.version.and_then(|v| v.index).unwrap_or(0),
+        labels: Some(sorted(spec.labels)),
+        ports,
+    })
+}
+
+/// Every service with its published ports (`GET /services`, managers only).
+/// Endpoint.Ports holds the ports actually assigned, including automatic ones.
+pub async fn services(cluster: &Docker) -> Result<Vec<ServiceInfo>> {
+    let list = cluster.list_services(None).await.context("GET /services")?;
+    let mut out: Vec<ServiceInfo> = list.into_iter().filter_map(service_info).collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// `"Target: 80, Publish: 8080"` from the ingress network's service list.
+pub fn parse_ingress_port(text: &str) -> Option<(u16, u16)> {
+    let mut target = None;
+    let mut published = None;
+    for part in text.split(',') {
+        let (key, value) = part.split_once(':')?;
+        let value: u16 = value.trim().parse().ok()?;
+        match key.trim() {
+            "Target" => target = Some(value),
+            "Publish" => published = Some(value),
+            _ => {}
+        }
+    }
+    Some((target?, published?))
+}
+
+/// The worker's local view: `GET /networks/ingress?verbose=true` lists every
+/// published-port service of the cluster by name, with target and published
+/// ports but no protocol and no labels.
+pub async fn ingress_services(local: &Docker) -> Result<Vec<ServiceInfo>> {
+    let options = InspectNetworkOptions {
+        verbose: true,
+        scope: None,
+    };
+    let network = local
+        .inspect_network("ingress", Some(options))
+        .await
+        .context("GET /networks/ingress?verbose=true")?;
+    let mut out = Vec::new();
+    for (name, detail) in network.services.unwrap_or_default() {
+        if name.is_empty() {
+            continue;
+        }
+        let ports: Vec<PublishedPort> = detail
+            .get("Ports")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.as_str().and_then(parse_ingress_port))
+            .filter(|&(_, published)| published != 0)
+            .map(|(target, published)| PublishedPort {
+                proto: None,
+                published,
+                target,
+                mode: PublishMode::Ingress,
+            })
+            .collect();
+        out.push(ServiceInfo {
+            id: name.clone(),
+            name,
+            version: 0,
+            labels: None,
+            ports,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Docker events that can change the policy's inputs.
+pub fn policy_events(
+    docker: &Docker,
+) -> impl futures_util::Stream<Item = Result<bollard::models::EventMessage, DockerError>> + use<> {
+    let mut filters = HashMap::new();
+    filters.insert(
+        "type".to_string(),
+        vec![
+            "service".to_string(),
+            "node".to_string(),
+            "network".to_string(),
+        ],
+    );
+    docker.events(Some(EventsOptions {
+        since: None,
+        until: None,
+        filters: Some(filters),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ingress_port_strings() {
+        assert_eq!(
+            parse_ingress_port("Target: 80, Publish: 8080"),
+            Some((80, 8080))
+        );
+        assert_eq!(
+            parse_ingress_port("Publish: 30001, Target: 53"),
+            Some((53, 30001))
+        );
+        assert_eq!(parse_ingress_port("Target: 80"), None);
+        assert_eq!(parse_ingress_port("garbage"), None);
+        assert_eq!(parse_ingress_port("Target: x, Publish: 1"), None);
+    }
+
+    #[test]
+    fn engine_labels() {
+        let labels = key_values(&["zone=a".into(), "flag".into(), "k=v=w".into()]);
+        assert_eq!(labels["zone"], "a");
+        assert_eq!(labels["flag"], "");
+        assert_eq!(labels["k"], "v=w");
+    }
+
+    #[test]
+    fn service_ports_from_endpoint() {
+        use bollard::models::{EndpointPortConfig, ObjectVersion, ServiceEndpoint, ServiceSpec};
+        let service = Service {
+            id: Some("abc".into()),
+            version: Some(ObjectVersion { index: Some(42) }),
+            spec: Some(ServiceSpec {
+                name: Some("web".into()),
+                labels: Some(HashMap::from([("ingress-xdp.block".into(), "true".into())])),
+                ..Default::default()
+            }),
+            endpoint: Some(ServiceEndpoint {
+                ports: Some(vec![
+                    EndpointPortConfig {
+                        protocol: Some(ProtoEnum::UDP),
+                        target_port: Some(53),
+                        published_port: Some(30053),
+                        publish_mode: Some(ModeEnum::INGRESS),
+                        ..Default::default()
+                    },
+                    EndpointPortConfig {
+                        protocol: Some(ProtoEnum::TCP),
+                        target_port: Some(80),
+                        published_port: Some(8080),
+                        publish_mode: Some(ModeEnum::HOST),
+                        ..Default::default()
+                    },
+                    // Not published.
+                    EndpointPortConfig {
+                        target_port: Some(9000),
+                        ..Default::default()
+                    },
+                ]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let info = service_info(service).unwrap();
+        assert_eq!((info.name.as_str(), info.version), ("web", 42));
+        assert_eq!(info.ports.len(), 2);
+        assert_eq!(info.ports[0].proto, Some(Protocol::Udp));
+        assert_eq!(info.ports[0].published, 30053);
+        assert_eq!(info.ports[1].mode, PublishMode::Host);
+        assert_eq!(info.labels.unwrap()["ingress-xdp.block"], "true");
+    }
+}

@@ -1,0 +1,151 @@
+//! Rule ownership on the real pinned maps: the agent's (Docker-derived) rules
+//! and the CLI's manual rules share one table without either removing the
+//! other's, and concurrent writers lose no update.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::{collections::BTreeSet, process::Command};
+
+use ingress_xdp::{
+    rules::{DockerRule, Mode, RuleSpec, RuleTable},
+    spec::{PortSpec, Protocol},
+};
+use support::TestPins;
+
+fn docker_rule(service: &str) -> DockerRule {
+    DockerRule {
+        service: service.into(),
+        why: "node default deny".into(),
+    }
+}
+
+fn manual(mode: Mode, allow: &[&str]) -> RuleSpec {
+    RuleSpec {
+        mode,
+        allow_from: allow
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect::<BTreeSet<_>>(),
+    }
+}
+
+fn spec(s: &str) -> PortSpec {
+    s.parse().unwrap()
+}
+
+#[test]
+fn manual_rules_win_and_survive_the_agent() {
+    let pins = TestPins::new("o");
+    let mut table = RuleTable::open(&pins.pins).unwrap();
+    let tcp = Protocol::Tcp;
+
+    table
+        .set_docker(tcp, 80, Some(&docker_rule("web")))
+        .unwrap();
+    assert_eq!(table.get(tcp, 80).unwrap(), Some(Mode::Block));
+    let list = table.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(!list[0].origin.manual);
+    assert_eq!(list[0].origin.service.as_deref(), Some("web"));
+    assert_eq!(list[0].origin.to_string(), "service web: node default deny");
+
+    // A manual audit rule takes the slot; the agent's wish is remembered.
+    table
+        .apply(&[spec("80")], &manual(Mode::Audit, &[]))
+        .unwrap();
+    assert_eq!(table.get(tcp, 80).unwrap(), Some(Mode::Audit));
+    let origin = &table.list().unwrap()[0].origin;
+    assert!(origin.manual);
+    assert_eq!(origin.service.as_deref(), Some("web"));
+
+    // The agent withdrawing its rule leaves the manual one alone.
+    table.set_docker(tcp, 80, None).unwrap();
+    assert_eq!(table.get(tcp, 80).unwrap(), Some(Mode::Audit));
+    assert!(table.docker_rules().unwrap().is_empty());
+
+    // Removing the manual rule hands the slot back to the agent's rule.
+    table
+        .set_docker(tcp, 80, Some(&docker_rule("web")))
+        .unwrap();
+    let removal = table.remove(&[spec("80")]).unwrap();
+    assert_eq!(removal.manual_rules, 1);
+    assert_eq!(removal.kept_by_docker.len(), 1);
+    assert_eq!(table.get(tcp, 80).unwrap(), Some(Mode::Block));
+
+    // And once the agent lets go too, the port opens.
+    table.set_docker(tcp, 80, None).unwrap();
+    assert_eq!(table.get(tcp, 80).unwrap(), None);
+    assert!(table.list().unwrap().is_empty());
+}
+
+#[test]
+fn a_manual_rule_made_before_the_agent_is_never_removed_by_it() {
+    let pins = TestPins::new("o");
+    let mut table = RuleTable::open(&pins.pins).unwrap();
+    table
+        .apply(&[spec("443")], &manual(Mode::Block, &["192.0.2.0/24"]))
+        .unwrap();
+    table
+        .set_docker(Protocol::Tcp, 443, Some(&docker_rule("tls")))
+        .unwrap();
+    table.set_docker(Protocol::Tcp, 443, None).unwrap();
+    let list = table.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(list[0].origin.manual);
+    assert_eq!(list[0].allow_from.len(), 1, "the manual allowlist stays");
+
+    // Unblocking the manual rule while the agent blocks the port: the agent's
+    // rule (no allowlist) takes over, and the allowlist is cleaned up.
+    table
+        .set_docker(Protocol::Tcp, 443, Some(&docker_rule("tls")))
+        .unwrap();
+    table.remove(&[spec("443")]).unwrap();
+    let list = table.list().unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(!list[0].origin.manual);
+    assert!(list[0].allow_from.is_empty());
+}
+
+/// CLI processes and an agent-like writer change the table at the same time;
+/// every update lands.
+#[test]
+fn concurrent_cli_and_agent_lose_nothing() {
+    let pins = TestPins::new("o");
+    let dir = pins.dir().to_path_buf();
+    let agent_pins = pins.pins.clone();
+    let agent = std::thread::spawn(move || {
+        for port in 20000..20100u16 {
+            let _lock = agent_pins.lock().unwrap();
+            let mut table = RuleTable::open(&agent_pins).unwrap();
+            table
+                .set_docker(Protocol::Udp, port, Some(&docker_rule("svc")))
+                .unwrap();
+        }
+    });
+    let clis: Vec<_> = (0..8u16)
+        .map(|i| {
+            let dir = dir.clone();
+            std::thread::spawn(move || {
+                for j in 0..5u16 {
+                    let port = 10000 + i * 100 + j;
+                    let out = Command::new(support::bin())
+                        .arg("--pin-dir")
+                        .arg(&dir)
+                        .args(["block", &port.to_string()])
+                        .output()
+                        .unwrap();
+                    assert!(out.status.success(), "{out:?}");
+                }
+            })
+        })
+        .collect();
+    for t in clis {
+        t.join().unwrap();
+    }
+    agent.join().unwrap();
+    let list = RuleTable::open(&pins.pins).unwrap().list().unwrap();
+    let manual = list.iter().filter(|e| e.origin.manual).count();
+    let docker = list.iter().filter(|e| e.origin.service.is_some()).count();
+    assert_eq!((manual, docker), (40, 100));
+}
