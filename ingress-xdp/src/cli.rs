@@ -781,6 +781,89 @@ mod tests {
         assert_eq!(cli.pin_dir, PathBuf::from("/sys/fs/bpf/y"));
     }
 
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["run"];
+        argv.extend_from_slice(args);
+        match parse(&argv).unwrap().command {
+            Command::Run(args) => *args,
+            _ => panic!("not run"),
+        }
+    }
+
+    #[test]
+    fn run_defaults() {
+        let s = agent_settings(&run_args(&[]), &FileConfig::default(), Pins::new("/x"));
+        assert!(s.ifaces.is_empty());
+        let c = s.config;
+        assert_eq!(c.sbox_netns, Some(sys::default_sbox_netns()));
+        assert_eq!(c.hook, Hook::Xdp);
+        assert_eq!(c.policy.default, NodeDefault::Allow);
+        assert_eq!(c.resync, Duration::from_secs(30));
+        assert_eq!(c.local_docker, DEFAULT_LOCAL_DOCKER);
+    }
+
+    #[test]
+    fn flags_override_the_policy_file() {
+        let file = FileConfig::parse(
+            r#"
+            default = "deny"
+            allow-services = ["web*"]
+            block-services = ["dbg"]
+            hook = "tc"
+            ifaces = ["eth9"]
+            resync-interval = 5
+            docker-host = "tcp://file:2375"
+            sbox-netns = "/run/file-sbox"
+            "#,
+        )
+        .unwrap();
+        let s = agent_settings(&run_args(&[]), &file, Pins::new("/x"));
+        assert_eq!(s.ifaces, vec!["eth9".to_string()]);
+        assert_eq!(s.config.policy.default, NodeDefault::Deny);
+        assert_eq!(s.config.policy.allow_services[0].to_string(), "web*");
+        assert_eq!(s.config.manager.as_deref(), Some("tcp://file:2375"));
+        assert_eq!(s.config.sbox_netns, Some(PathBuf::from("/run/file-sbox")));
+        assert_eq!(s.config.resync, Duration::from_secs(5));
+
+        let args = run_args(&[
+            "--default",
+            "allow",
+            "--allow-service",
+            "api",
+            "--hook",
+            "xdp",
+            "--iface",
+            "eth0",
+            "--resync-interval",
+            "7",
+            "--docker-host",
+            "tcp://flag:2375",
+            "--no-sbox",
+        ]);
+        let s = agent_settings(&args, &file, Pins::new("/x"));
+        assert_eq!(s.ifaces, vec!["eth0".to_string()]);
+        assert_eq!(s.config.policy.default, NodeDefault::Allow);
+        assert_eq!(s.config.policy.allow_services[0].to_string(), "api");
+        assert_eq!(s.config.policy.block_services[0].to_string(), "dbg");
+        assert_eq!(s.config.hook, Hook::Xdp);
+        assert_eq!(s.config.manager.as_deref(), Some("tcp://flag:2375"));
+        assert_eq!(s.config.sbox_netns, None);
+        assert_eq!(s.config.resync, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn run_rejects_bad_flags() {
+        let err = |args: &[&str]| {
+            let mut argv = vec!["run"];
+            argv.extend_from_slice(args);
+            parse(&argv).unwrap_err().to_string()
+        };
+        assert!(err(&["--default", "block"]).contains("invalid value 'block'"));
+        assert!(err(&["--resync-interval", "0"]).contains("0"));
+        assert!(err(&["--allow-service", ""]).contains("--allow-service"));
+        assert!(err(&["--no-sbox", "--sbox-iface", "eth1"]).contains("cannot be used with"));
+    }
+
     #[test]
     fn stats_watch_interval() {
         let Command::Stats { watch, .. } = parse(&["stats", "--watch"]).unwrap().command else {
