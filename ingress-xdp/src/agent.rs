@@ -78,6 +78,8 @@ pub struct Agent {
     /// (service id, version, label) already warned about.
     warned: HashSet<(String, u64, String)>,
     sbox: Option<NetnsId>,
+    /// Attach id of the sandbox's attach point.
+    sbox_point: Option<u32>,
     sbox_pending: Option<String>,
 }
 
@@ -91,6 +93,7 @@ impl Agent {
             docker_down: None,
             warned: HashSet::new(),
             sbox: None,
+            sbox_point: None,
             sbox_pending: None,
         }
     }
@@ -121,7 +124,10 @@ impl Agent {
             return;
         };
         let current = NetnsId::of_path(&path).ok();
-        if current == self.sbox {
+        if current == self.sbox && current.is_some() && !self.sbox_link_dead() {
+            return;
+        }
+        if current.is_none() && self.sbox.is_none() {
             return;
         }
         let Some(id) = current else {
@@ -130,12 +136,17 @@ impl Agent {
                 path.display()
             );
             self.sbox = None;
+            self.sbox_point = None;
             self.forget_gone();
             return;
         };
+        // A dead link in a namespace with the same identity: Docker recreated
+        // the namespace and the kernel reused the inode number.
+        self.forget_gone();
         match self.attach_sbox(&path) {
             Ok(report) => {
                 self.sbox = Some(id);
+                self.sbox_point = Some(report.point.id);
                 self.sbox_pending = None;
                 if !report.already {
                     tracing::info!(
@@ -157,6 +168,12 @@ impl Agent {
                 }
             }
         }
+    }
+
+    fn sbox_link_dead(&self) -> bool {
+        self.sbox_point.is_some_and(|id| {
+            sys::link_ifindex(&self.cfg.pins.link(id)).map_or(true, |ifindex| ifindex == 0)
+        })
     }
 
     fn attach_sbox(&self, path: &std::path::Path) -> Result<attach::AttachReport> {

@@ -10,10 +10,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
-    programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode,
-        links::{FdLink, PinnedLink},
-    },
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use ingress_xdp_common::{
     AttachCounters, AttachInfo, IFNAME_LEN, MAX_ATTACH_POINTS, NETNS_PATH_LEN, hook, xdp_mode,
@@ -102,6 +99,8 @@ pub struct AttachPoint {
     pub attached_at: u64,
     #[serde(skip)]
     netns_id: NetnsId,
+    #[serde(skip)]
+    link_pin: PathBuf,
 }
 
 impl AttachPoint {
@@ -114,7 +113,12 @@ impl AttachPoint {
 
     /// Whether the interface this point was attached to still exists, in the
     /// same namespace (Docker recreates ingress_sbox under the same path).
+    /// The pinned link must still hold an interface too: a namespace Docker
+    /// recreates can reuse the old inode number and interface index.
     pub fn presence(&self) -> Presence {
+        if sys::link_ifindex(&self.link_pin).map_or(true, |ifindex| ifindex == 0) {
+            return Presence::Gone;
+        }
         let netns = self.netns.as_deref().map(Path::new);
         let same_ns = match netns {
             Some(ns) => NetnsId::of_path(ns).ok() == Some(self.netns_id),
@@ -178,7 +182,7 @@ fn from_c_bytes(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-fn decode(id: u32, info: &AttachInfo) -> Option<AttachPoint> {
+fn decode(pins: &Pins, id: u32, info: &AttachInfo) -> Option<AttachPoint> {
     if info.in_use == 0 {
         return None;
     }
@@ -205,6 +209,7 @@ fn decode(id: u32, info: &AttachInfo) -> Option<AttachPoint> {
             dev: info.netns_dev,
             ino: info.netns_ino,
         },
+        link_pin: pins.link(id),
     })
 }
 
@@ -234,6 +239,7 @@ impl PointCounters {
 }
 
 pub struct Registry {
+    pins: Pins,
     info: Array<MapData, AttachInfo>,
     stats: PerCpuArray<MapData, AttachCounters>,
     cpus: usize,
@@ -245,6 +251,7 @@ impl Registry {
         let cpus =
             aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
         Ok(Self {
+            pins: pins.clone(),
             info: open_map(pins, MAP_ATTACH_INFO)?.try_into()?,
             stats: open_map(pins, MAP_ATTACH_STATS)?.try_into()?,
             cpus,
@@ -255,7 +262,7 @@ impl Registry {
         let mut out = Vec::new();
         for id in 0..MAX_ATTACH_POINTS {
             let info = self.info.get(&id, 0).context("reading ATTACH_INFO")?;
-            out.extend(decode(id, &info));
+            out.extend(decode(&self.pins, id, &info));
         }
         Ok(out)
     }
@@ -348,7 +355,7 @@ pub fn attach(
         if point.netns_id != netns_id || point.ifindex != ifindex {
             continue;
         }
-        let link_alive = PinnedLink::from_pin(pins.link(point.id)).is_ok();
+        let link_alive = sys::link_ifindex(&pins.link(point.id)).is_ok_and(|i| i != 0);
         if link_alive && point.hook == hook_choice && point.is_present() {
             return Ok(AttachReport {
                 point,
@@ -437,7 +444,7 @@ pub fn attach(
         .info
         .set(id, info, 0)
         .context("recording the attach point in ATTACH_INFO")?;
-    let point = decode(id, &info).context("decoding the new attach point")?;
+    let point = decode(pins, id, &info).context("decoding the new attach point")?;
     Ok(AttachReport {
         point,
         already: false,

@@ -708,11 +708,7 @@ fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
             p.mode.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
             p.program_id,
             p.link_id,
-            if p.is_present() {
-                "attached"
-            } else {
-                "interface gone"
-            }
+            p.presence()
         );
     }
     Ok(())
