@@ -11,6 +11,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub mod docker;
 pub mod traffic;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

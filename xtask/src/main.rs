@@ -50,6 +50,9 @@ const TEST_PACKAGES: &[&str] = &[
     "iptables",   // the DOCKER-INGRESS DNAT stand-in
     "util-linux", // nsenter
     "ethtool",
+    "docker.io",      // private dockerd swarms (tests/support/docker.rs)
+    "busybox-static", // the test image's userland (FROM scratch)
+    "socat",          // the test image's UDP responder
 ];
 
 fn main() -> Result<()> {
