@@ -11,6 +11,7 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub mod agent;
 pub mod docker;
 pub mod traffic;
 
