@@ -343,10 +343,15 @@ impl Agent {
         self.local = None;
         self.cluster = None;
         let msg = format!("{err:#}");
-        if self.docker_down.as_deref() != Some(&msg) {
-            tracing::warn!("Docker unavailable ({msg}); keeping the current drops, retrying");
-            self.docker_down = Some(msg);
+        match &self.docker_down {
+            None => {
+                tracing::warn!("Docker unavailable ({msg}); keeping the current drops, retrying")
+            }
+            // Still down: the way it fails may change, the state does not.
+            Some(last) if *last != msg => tracing::debug!("Docker still unavailable: {msg}"),
+            Some(_) => {}
         }
+        self.docker_down = Some(msg);
     }
 
     fn docker_ok(&mut self) {

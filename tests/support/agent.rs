@@ -27,7 +27,7 @@ pub struct AgentProc {
 
 impl AgentProc {
     /// Starts the agent in `d`'s namespace, attached to its NIC and sandbox,
-    /// reading its engine, with `extra` arguments.
+    /// reading its engine (unless `extra` names another), with `extra` arguments.
     pub fn start(d: &Dockerd, pins: &Pins, extra: &[&str]) -> Self {
         let mut args = vec![
             "--pin-dir".to_string(),
@@ -37,9 +37,10 @@ impl AgentProc {
             super::docker::NIC.into(),
             "--sbox-netns".into(),
             d.sbox_netns().display().to_string(),
-            "--local-docker".into(),
-            d.host(),
         ];
+        if !extra.contains(&"--local-docker") {
+            args.extend(["--local-docker".to_string(), d.host()]);
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = d.root().join(format!("{}.agent.log", super::unique("a")));
         let mut agent = Self {
