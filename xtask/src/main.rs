@@ -46,10 +46,10 @@ enum Task {
 
 /// Debian packages the integration tests run.
 const TEST_PACKAGES: &[&str] = &[
-    "iproute2",   // ip netns / veth / bridge
-    "iptables",   // the DOCKER-INGRESS DNAT stand-in
-    "util-linux", // nsenter
-    "ethtool",
+    "iproute2",       // ip netns / veth / bridge
+    "iptables",       // the DOCKER-INGRESS DNAT stand-in
+    "util-linux",     // nsenter, setpriv, unshare, mountpoint
+    "procps",         // sysctl
     "docker.io",      // private dockerd swarms (tests/support/docker.rs)
     "busybox-static", // the test image's userland (FROM scratch)
     "socat",          // the test image's UDP responder
