@@ -143,37 +143,21 @@ pub struct RunArgs {
     /// Seconds between full resyncs (events trigger them too). [default: 30]
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_interval: Option<u64>,
-    /// Host interface to attach to (repeatable). [default: the default-route interface]
-    #[arg(long = "iface", value_name = "NAME")]
-    pub ifaces: Vec<String>,
-    /// ingress_sbox namespace file to follow (attached again whenever Docker
-    /// recreates it). [default: /var/run/docker/netns/ingress_sbox]
-    #[arg(long, value_name = "PATH", conflicts_with = "no_sbox")]
-    pub sbox_netns: Option<PathBuf>,
-    /// Interface inside the sandbox. [default: the one holding its default route]
-    #[arg(long, value_name = "NAME", conflicts_with = "no_sbox")]
-    pub sbox_iface: Option<String>,
-    /// Do not attach inside ingress_sbox.
-    #[arg(long)]
-    pub no_sbox: bool,
-    /// Hook to use. [default: xdp]
-    #[arg(long, value_enum)]
-    pub hook: Option<Hook>,
-    /// XDP attach mode. [default: auto]
-    #[arg(long, value_enum)]
-    pub xdp_mode: Option<XdpModeChoice>,
+    #[command(flatten)]
+    pub target: AttachArgs,
 }
 
 /// Flags over the policy file over the defaults (pure).
 pub fn agent_settings(args: &RunArgs, file: &FileConfig, pins: Pins) -> AgentSettings {
-    let ifaces = if args.ifaces.is_empty() {
+    let ifaces = if args.target.ifaces.is_empty() {
         file.ifaces.clone().unwrap_or_default()
     } else {
-        args.ifaces.clone()
+        args.target.ifaces.clone()
     };
-    let no_sbox = args.no_sbox || file.no_sbox.unwrap_or(false);
+    let no_sbox = args.target.no_sbox || file.no_sbox.unwrap_or(false);
     let sbox_netns = (!no_sbox).then(|| {
-        args.sbox_netns
+        args.target
+            .sbox_netns
             .clone()
             .or_else(|| file.sbox_netns.clone())
             .unwrap_or_else(sys::default_sbox_netns)
@@ -191,9 +175,13 @@ pub fn agent_settings(args: &RunArgs, file: &FileConfig, pins: Pins) -> AgentSet
             pins,
             ifaces: Vec::new(),
             sbox_netns,
-            sbox_iface: args.sbox_iface.clone().or_else(|| file.sbox_iface.clone()),
-            hook: args.hook.or(file.hook).unwrap_or(Hook::Xdp),
-            xdp_mode: args.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
+            sbox_iface: args
+                .target
+                .sbox_iface
+                .clone()
+                .or_else(|| file.sbox_iface.clone()),
+            hook: args.target.hook.or(file.hook).unwrap_or(Hook::Xdp),
+            xdp_mode: args.target.xdp_mode.or(file.xdp_mode).unwrap_or_default(),
             policy: PolicySettings {
                 default: args.default.or(file.default).unwrap_or(NodeDefault::Allow),
                 allow_services: pick(&args.allow_services, &file.allow_services),
@@ -223,29 +211,30 @@ pub struct AgentSettings {
     pub config: AgentConfig,
 }
 
-#[derive(Args, Debug)]
+/// Where to attach: shared by `attach` and `run`.
+#[derive(Args, Debug, Default)]
 pub struct AttachArgs {
-    /// Host interface to attach to (repeatable). Default: the interface that
-    /// holds the default route.
+    /// Host interface to attach to (repeatable). [default: the interface that
+    /// holds the default route]
     #[arg(long = "iface", value_name = "NAME")]
     pub ifaces: Vec<String>,
-    /// Network namespace file of Docker's ingress sandbox. Default:
-    /// /var/run/docker/netns/ingress_sbox when it exists.
+    /// Network namespace file of Docker's ingress sandbox; `run` follows it
+    /// as Docker recreates it. [default: /var/run/docker/netns/ingress_sbox]
     #[arg(long, value_name = "PATH", conflicts_with = "no_sbox")]
     pub sbox_netns: Option<PathBuf>,
-    /// Interface inside the sandbox. Default: the one holding its default
-    /// route (eth1, on docker_gwbridge).
+    /// Interface inside the sandbox. [default: the one holding its default
+    /// route (eth1, on docker_gwbridge)]
     #[arg(long, value_name = "NAME", conflicts_with = "no_sbox")]
     pub sbox_iface: Option<String>,
     /// Do not attach inside ingress_sbox.
     #[arg(long)]
     pub no_sbox: bool,
-    /// Hook to use.
-    #[arg(long, value_enum, default_value_t = Hook::Xdp)]
-    pub hook: Hook,
-    /// XDP attach mode (ignored with --hook tc).
-    #[arg(long, value_enum, default_value_t = XdpModeChoice::Auto)]
-    pub xdp_mode: XdpModeChoice,
+    /// Hook to use. [default: xdp]
+    #[arg(long, value_enum)]
+    pub hook: Option<Hook>,
+    /// XDP attach mode (ignored with --hook tc). [default: auto]
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpModeChoice>,
 }
 
 #[derive(Args, Debug)]
@@ -403,8 +392,13 @@ fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
     pins.create()?;
     let _lock = pins.lock()?;
     for target in &targets {
-        let report = attach::attach(pins, target, args.hook, args.xdp_mode)
-            .with_context(|| format!("attaching to {target}"))?;
+        let report = attach::attach(
+            pins,
+            target,
+            args.hook.unwrap_or(Hook::Xdp),
+            args.xdp_mode.unwrap_or_default(),
+        )
+        .with_context(|| format!("attaching to {target}"))?;
         let p = &report.point;
         let mode = p.mode.map(|m| format!(" ({m})")).unwrap_or_default();
         if report.already {
