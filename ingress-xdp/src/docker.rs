@@ -5,11 +5,17 @@
 //! worker fallback) and the cluster one (a manager: services, node labels).
 //! On a manager they are the same engine.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    env,
+    ffi::OsString,
+    fs, io,
+    path::{Path, PathBuf},
+};
 
 use anyhow::{Context, Result, bail};
 use bollard::{
-    Docker,
+    API_DEFAULT_VERSION, Docker,
     errors::Error as DockerError,
     models::{
         EndpointPortConfigProtocolEnum as ProtoEnum, EndpointPortConfigPublishModeEnum as ModeEnum,
@@ -25,6 +31,49 @@ use crate::{
 
 pub const DEFAULT_LOCAL_DOCKER: &str = "unix:///var/run/docker.sock";
 
+/// bollard's default request timeout (seconds).
+const TIMEOUT_SECS: u64 = 120;
+
+/// The directory of ca.pem, cert.pem and key.pem when TLS is wanted for a
+/// tcp:// engine, as the docker CLI decides: DOCKER_TLS_VERIFY non-empty;
+/// DOCKER_CERT_PATH, else DOCKER_CONFIG, else ~/.docker, an empty variable
+/// counting as unset. (bollard's own check takes an empty DOCKER_TLS_VERIFY
+/// as set and an empty DOCKER_CERT_PATH as the working directory.)
+fn tls_cert_dir(
+    verify: Option<OsString>,
+    cert_path: Option<OsString>,
+    config: Option<OsString>,
+    home: Option<PathBuf>,
+) -> Option<PathBuf> {
+    let set = |v: Option<OsString>| v.filter(|v| !v.is_empty()).map(PathBuf::from);
+    set(verify)?;
+    set(cert_path)
+        .or_else(|| set(config))
+        .or_else(|| Some(home?.join(".docker")))
+}
+
+/// The client certificate and key, checked before connecting: bollard reads
+/// them at each handshake and, when it cannot, silently sends no
+/// certificate, so the engine's rejection would not say why. Missing both
+/// is allowed (an engine with `--tls` but not `--tlsverify` needs none, and
+/// the docker CLI allows it too); returns what to say about them.
+fn client_cert(cert: &Path, key: &Path) -> Result<String> {
+    match (fs::read(cert), fs::read(key)) {
+        (Ok(_), Ok(_)) => Ok(format!("client certificate {}", cert.display())),
+        (Err(c), Err(k))
+            if c.kind() == io::ErrorKind::NotFound && k.kind() == io::ErrorKind::NotFound =>
+        {
+            Ok(format!(
+                "no client certificate: {} and {} do not exist",
+                cert.display(),
+                key.display()
+            ))
+        }
+        (Err(e), _) => Err(e).with_context(|| format!("reading {}", cert.display())),
+        (_, Err(e)) => Err(e).with_context(|| format!("reading {}", key.display())),
+    }
+}
+
 /// Connects to `host` (`unix://PATH`, a bare socket path, `tcp://HOST:PORT`;
 /// with DOCKER_TLS_VERIFY set, tcp uses TLS with the certificates in
 /// DOCKER_CERT_PATH, as the docker CLI does) and negotiates the API version.
@@ -34,12 +83,44 @@ pub async fn connect(host: &str) -> Result<Docker> {
     } else {
         host.to_string()
     };
-    let docker = Docker::connect_with_host(&url)
-        .with_context(|| format!("connecting to the Docker engine at {url}"))?;
+    let tcp = url.starts_with("tcp://") || url.starts_with("http://");
+    let tls = tcp
+        .then(|| {
+            tls_cert_dir(
+                env::var_os("DOCKER_TLS_VERIFY"),
+                env::var_os("DOCKER_CERT_PATH"),
+                env::var_os("DOCKER_CONFIG"),
+                env::home_dir(),
+            )
+        })
+        .flatten();
+    let (docker, how) = match tls {
+        Some(dir) => {
+            let (ca, cert, key) = (
+                dir.join("ca.pem"),
+                dir.join("cert.pem"),
+                dir.join("key.pem"),
+            );
+            let client = client_cert(&cert, &key).with_context(|| {
+                format!("DOCKER_TLS_VERIFY is set: the client certificate for {url}")
+            })?;
+            let how = format!(" over TLS (CA {}, {client})", ca.display());
+            let docker =
+                Docker::connect_with_ssl(&url, &key, &cert, &ca, TIMEOUT_SECS, API_DEFAULT_VERSION);
+            (docker, how)
+        }
+        None if tcp => (
+            Docker::connect_with_http(&url, TIMEOUT_SECS, API_DEFAULT_VERSION),
+            " without TLS (DOCKER_TLS_VERIFY is not set)".to_string(),
+        ),
+        None => (Docker::connect_with_host(&url), String::new()),
+    };
+    let docker =
+        docker.with_context(|| format!("connecting to the Docker engine at {url}{how}"))?;
     docker
         .negotiate_version()
         .await
-        .with_context(|| format!("talking to the Docker engine at {url}"))
+        .with_context(|| format!("talking to the Docker engine at {url}{how}"))
 }
 
 /// True when the engine answered that it is not a swarm manager (workers
@@ -263,6 +344,53 @@ mod tests {
         assert_eq!(parse_ingress_port("Target: 80"), None);
         assert_eq!(parse_ingress_port("garbage"), None);
         assert_eq!(parse_ingress_port("Target: x, Publish: 1"), None);
+    }
+
+    #[test]
+    fn tls_cert_dir_as_the_docker_cli() {
+        let os = |s: &str| Some(OsString::from(s));
+        let home = || Some(PathBuf::from("/root"));
+        let dir = |v, c, d, h| tls_cert_dir(v, c, d, h).map(|p| p.display().to_string());
+        // DOCKER_TLS_VERIFY unset or empty: no TLS.
+        assert_eq!(dir(None, os("/certs"), None, home()), None);
+        assert_eq!(dir(os(""), os("/certs"), None, home()), None);
+        // Any other value (even 0) turns TLS on, as in the docker CLI.
+        assert_eq!(
+            dir(os("0"), os("/certs"), None, home()).as_deref(),
+            Some("/certs")
+        );
+        assert_eq!(
+            dir(os("1"), os("/certs"), os("/cfg"), home()).as_deref(),
+            Some("/certs")
+        );
+        // Empty DOCKER_CERT_PATH: DOCKER_CONFIG, then ~/.docker (not the cwd).
+        assert_eq!(
+            dir(os("1"), os(""), os("/cfg"), home()).as_deref(),
+            Some("/cfg")
+        );
+        assert_eq!(
+            dir(os("1"), os(""), os(""), home()).as_deref(),
+            Some("/root/.docker")
+        );
+        assert_eq!(dir(os("1"), None, None, None), None);
+    }
+
+    #[test]
+    fn client_cert_files() {
+        let dir = std::env::temp_dir().join(format!("ixt-client-cert-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        // Neither: allowed, and said.
+        let none = client_cert(&cert, &key).unwrap();
+        assert!(none.starts_with("no client certificate"), "{none}");
+        // Only one of them: an error naming the missing file.
+        fs::write(&cert, "x").unwrap();
+        let err = format!("{:#}", client_cert(&cert, &key).unwrap_err());
+        assert!(err.contains("key.pem"), "{err}");
+        fs::write(&key, "x").unwrap();
+        let both = client_cert(&cert, &key).unwrap();
+        assert!(both.starts_with("client certificate"), "{both}");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -23,12 +23,21 @@ pub struct AgentProc {
     log: PathBuf,
     args: Vec<String>,
     netns: PathBuf,
+    envs: Vec<(String, String)>,
 }
 
 impl AgentProc {
     /// Starts the agent in `d`'s namespace, attached to its NIC and sandbox,
     /// reading its engine (unless `extra` names another), with `extra` arguments.
     pub fn start(d: &Dockerd, pins: &Pins, extra: &[&str]) -> Self {
+        Self::start_with_env(d, pins, extra, &[])
+    }
+
+    /// Like [`AgentProc::start`], with `envs` set in the agent's environment
+    /// (e.g. DOCKER_TLS_VERIFY and DOCKER_CERT_PATH). Whatever the test
+    /// process has, the agent never inherits DOCKER_HOST, DOCKER_TLS_VERIFY,
+    /// DOCKER_CERT_PATH or DOCKER_CONFIG: only `envs` sets them.
+    pub fn start_with_env(d: &Dockerd, pins: &Pins, extra: &[&str], envs: &[(&str, &str)]) -> Self {
         let mut args = vec![
             "--pin-dir".to_string(),
             pins.dir().display().to_string(),
@@ -48,6 +57,10 @@ impl AgentProc {
             log,
             args,
             netns: d.netns_path(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.spawn();
         agent
@@ -65,6 +78,10 @@ impl AgentProc {
             .args(&self.args)
             .env("INGRESS_XDP_LOG", "info")
             .env_remove("DOCKER_HOST")
+            .env_remove("DOCKER_TLS_VERIFY")
+            .env_remove("DOCKER_CERT_PATH")
+            .env_remove("DOCKER_CONFIG")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

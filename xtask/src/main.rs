@@ -53,6 +53,7 @@ const TEST_PACKAGES: &[&str] = &[
     "docker.io",      // private dockerd swarms (tests/support/docker.rs)
     "busybox-static", // the test image's userland (FROM scratch)
     "socat",          // the test image's UDP responder
+    "openssl",        // certificates for the TLS manager (tests/agent_tls.rs)
 ];
 
 fn main() -> Result<()> {
