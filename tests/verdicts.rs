@@ -414,18 +414,20 @@ mod frames {
     /// Bytes 2..4 of an IPv6 fragment header (RFC 8200 4.5): the offset in
     /// the top 13 bits, the M flag in the lowest.
     ///
-    /// Written by hand: etherparse 0.19 encodes this word wrongly (M in bit 7
-    /// of byte 3, the offset's low bits unshifted; its parser mirrors the
-    /// mistake, JulianSchmid/etherparse#150, fixed in 0.20).
+    /// Written by hand as well, to check etherparse's encoding: 0.19 got this
+    /// word wrong (M in bit 7 of byte 3, the offset's low bits unshifted; its
+    /// parser mirrored the mistake, JulianSchmid/etherparse#150), fixed in
+    /// 0.20; the reference verdict (support/reference.rs) relies on the fix.
     fn fragment_word(offset: u16, more: bool) -> [u8; 2] {
         assert!(offset <= 0x1FFF, "fragment offset");
         ((offset << 3) | u16::from(more)).to_be_bytes()
     }
 
-    /// An IPv6 fragment header: etherparse's, with the offset word fixed.
+    /// An IPv6 fragment header, as etherparse writes it.
     fn fragment(next: IpNumber, offset: u16, more: bool) -> [u8; 8] {
-        let mut bytes = Ipv6FragmentHeader::new(next, IpFragOffset::ZERO, false, 0x4242).to_bytes();
-        bytes[2..4].copy_from_slice(&fragment_word(offset, more));
+        let offset_field = IpFragOffset::try_new(offset).expect("fragment offset");
+        let bytes = Ipv6FragmentHeader::new(next, offset_field, more, 0x4242).to_bytes();
+        assert_eq!(bytes[2..4], fragment_word(offset, more), "etherparse#150");
         bytes
     }
 
@@ -438,8 +440,7 @@ mod frames {
     /// Every extension header etherparse's `Ipv6Extensions` holds, in its
     /// order: hop-by-hop (8 bytes), destination options (24), routing (16),
     /// fragment (8), AH (20), destination options (8). The fragment header
-    /// has offset 0 and no M flag, the one value etherparse 0.19 encodes
-    /// right (all zero); [`all_exts_packet`] sets other values.
+    /// has offset 0 and no M flag; [`all_exts_packet`] sets other values.
     fn all_exts() -> Ipv6Extensions {
         // Next-header fields are placeholders: the builder links the chain.
         let next = IpNumber::TCP;

@@ -13,7 +13,8 @@
 //! - IPv4: version 4, IHL >= 5, total length covering the header; options are
 //!   skipped. IPv6: version 6; hop-by-hop, routing, destination options,
 //!   fragment and AH headers are walked, at most [`MAX_EXT_HEADERS`]; a longer
-//!   chain is `Malformed`.
+//!   chain is `Malformed`, and so is an AH whose payload length is 0 (8 bytes,
+//!   less than AH's fixed 12).
 //! - A fragment whose offset is not zero carries no transport header: it is
 //!   `NoPort` and passes. That is safe because the destination port sits in
 //!   bytes 2..4 of the transport header, which only an offset-0 fragment can
@@ -197,6 +198,11 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
             NEXTHDR_AUTH => {
                 let hdr: *const [u8; 2] = frame.at(payload + ext_len)?;
                 let hdr = unsafe { *hdr };
+                // Payload length 0 would make AH 8 bytes, shorter than its
+                // own fixed fields (12 bytes, RFC 4302): malformed.
+                if hdr[1] == 0 {
+                    return Err(Malformed);
+                }
                 next = hdr[0];
                 ((hdr[1] as usize) + 2) << 2
             }

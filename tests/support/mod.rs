@@ -13,6 +13,7 @@ use std::{
 
 pub mod agent;
 pub mod docker;
+pub mod reference;
 pub mod traffic;
 
 static SEQ: AtomicU32 = AtomicU32::new(0);

@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
+
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "ingress-xdp project tasks")]
 struct Xtask {
@@ -42,6 +44,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Fuzz: each cargo-fuzz target (fuzz/) for --seconds, then a soak of the
+    /// differential frame test (--frames, --seed) in release mode; as root.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 /// Debian packages the integration tests run.
@@ -61,6 +66,7 @@ fn main() -> Result<()> {
         Task::Setup { test_packages } => setup(test_packages),
         Task::Run { args } => run(args),
         Task::Test { args } => test(args),
+        Task::Fuzz(args) => fuzz::fuzz(args),
     }
 }
 
