@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod fuzz;
 
 #[derive(Parser)]
@@ -47,6 +48,9 @@ enum Task {
     /// Fuzz: each cargo-fuzz target (fuzz/) for --seconds, then a soak of the
     /// differential frame test (--frames, --seed) in release mode; as root.
     Fuzz(fuzz::FuzzArgs),
+    /// Benchmark: per-packet cost, drop rate beside iptables/nft/xdp-filter,
+    /// control-plane latency; writes bench/RESULTS.md and a chart; as root.
+    Bench(bench::BenchArgs),
 }
 
 /// Debian packages the integration tests run.
@@ -67,6 +71,7 @@ fn main() -> Result<()> {
         Task::Run { args } => run(args),
         Task::Test { args } => test(args),
         Task::Fuzz(args) => fuzz::fuzz(args),
+        Task::Bench(args) => bench::bench(args),
     }
 }
 
@@ -292,5 +297,11 @@ fn test(args: Vec<String>) -> Result<()> {
     }
     status(cargo().args(["fmt", "--all", "--check"])).context("run `cargo fmt --all`")?;
     status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
-    status(cargo().arg("test").args(&args))
+    status(cargo().arg("test").args(&args))?;
+    if args.is_empty() {
+        // Regression smoke: the benchmark still builds and runs (it reports
+        // its figures and asserts no timing).
+        bench::bench(bench::BenchArgs::quick())?;
+    }
+    Ok(())
 }

@@ -1,0 +1,57 @@
+//! Builds the reference eBPF programs (crate `ingress-xdp-bench-ebpf`) for
+//! the bpf target with the nightly toolchain and bpf-linker, as
+//! ingress-xdp/build.rs does for the product's programs.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+fn main() -> anyhow::Result<()> {
+    build_reference_programs()?;
+    name_the_agent_binary()
+}
+
+fn build_reference_programs() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    let ebpf_dir = Path::new(&manifest_dir).join("ebpf");
+    let ebpf_dir = ebpf_dir
+        .canonicalize()
+        .with_context(|| format!("eBPF crate at {}", ebpf_dir.display()))?;
+    let root_dir = ebpf_dir
+        .to_str()
+        .context("non-UTF-8 path to the eBPF crate")?;
+    let has_linker = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("bpf-linker").is_file())
+    });
+    if !has_linker {
+        anyhow::bail!(
+            "bpf-linker is not installed: run `cargo xtask setup` (it builds bpf-linker against the nightly toolchain's LLVM)"
+        );
+    }
+    aya_build::build_ebpf(
+        [aya_build::Package {
+            name: "ingress-xdp-bench-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        aya_build::Toolchain::Nightly,
+    )
+}
+
+/// tests/support (reused for the control-plane part) names the agent binary
+/// with `env!("CARGO_BIN_EXE_ingress-xdp")`, which cargo sets only for
+/// ingress-xdp's own tests. Point it at the binary cargo builds in this
+/// profile's directory (`cargo xtask bench` builds both in one invocation).
+fn name_the_agent_binary() -> anyhow::Result<()> {
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").context("OUT_DIR")?);
+    // OUT_DIR is <target>/<profile>/build/<package>-<hash>/out.
+    let profile_dir = out_dir
+        .ancestors()
+        .nth(3)
+        .with_context(|| format!("no profile directory above {}", out_dir.display()))?;
+    println!(
+        "cargo:rustc-env=CARGO_BIN_EXE_ingress-xdp={}",
+        profile_dir.join("ingress-xdp").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,263 @@
+//! Part 1: the per-packet cost of each program, from BPF_PROG_TEST_RUN.
+//!
+//! The kernel runs the program `repeat` times on one frame and reports the
+//! mean time of a run in whole nanoseconds (`bpf_test_timer`: total time /
+//! repeat). That includes test_run's own per-run overhead, which the floor
+//! programs (a fixed verdict, one per hook: skb runs cost more) measure; the
+//! tables report each program above the floor of its hook. Trials interleave
+//! every program and frame, so slow drift on a shared machine spreads over
+//! all of them instead of biasing one.
+
+use anyhow::{Context, Result, bail};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+
+use crate::{
+    cpu,
+    frames::{self, BLOCKED_PORT, Frame, Kind},
+    ours::{self, Ours},
+    progs::{FLOOR_TC, FLOOR_XDP, MINIMAL_DROP, Reference},
+    stats::Summary,
+    topo::{Pair, RxSetup},
+    xdp_filter::XdpFilter,
+};
+
+const XDP_ABORTED: u32 = 0;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+/// TC_ACT_UNSPEC (-1) as test_run reports it.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
+
+/// 10,000 more blocked ports for the "many rules" table.
+const MANY_RULES: &str = "20000-29999";
+
+#[derive(Clone, Copy, Debug)]
+pub struct CostSettings {
+    pub trials: usize,
+    pub repeat: u32,
+}
+
+/// Which rule table our programs run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rules {
+    /// 8080/tcp and 8080/udp: the port the frames use.
+    One,
+    /// The same plus 10,000 other tcp ports.
+    TenThousand,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp,
+    Tc,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Subject {
+    Floor(Hook),
+    Ours(Hook, Rules),
+    XdpFilter,
+    /// The reference minimal port check (fixed offset, no map).
+    Minimal,
+}
+
+impl Subject {
+    pub const ALL: [Subject; 8] = [
+        Subject::Floor(Hook::Xdp),
+        Subject::Floor(Hook::Tc),
+        Subject::Ours(Hook::Xdp, Rules::One),
+        Subject::Ours(Hook::Xdp, Rules::TenThousand),
+        Subject::Ours(Hook::Tc, Rules::One),
+        Subject::Ours(Hook::Tc, Rules::TenThousand),
+        Subject::XdpFilter,
+        Subject::Minimal,
+    ];
+
+    pub fn hook(self) -> Hook {
+        match self {
+            Subject::Floor(h) | Subject::Ours(h, _) => h,
+            Subject::XdpFilter | Subject::Minimal => Hook::Xdp,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Subject::Floor(Hook::Xdp) => "floor (XDP)",
+            Subject::Floor(Hook::Tc) => "floor (TC)",
+            Subject::Ours(Hook::Xdp, Rules::One) => "ours XDP, 1 port",
+            Subject::Ours(Hook::Xdp, Rules::TenThousand) => "ours XDP, 10k ports",
+            Subject::Ours(Hook::Tc, Rules::One) => "ours TC, 1 port",
+            Subject::Ours(Hook::Tc, Rules::TenThousand) => "ours TC, 10k ports",
+            Subject::XdpFilter => "xdp-filter",
+            Subject::Minimal => "minimal port check",
+        }
+    }
+}
+
+/// What one program did with one frame, over all trials.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub subject: Subject,
+    pub frame: usize,
+    /// "drop", "pass", "aborted" (XDP_ABORTED) or "other".
+    pub verdict: &'static str,
+    /// Mean ns per run, one value per trial.
+    pub ns: Vec<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct CostResults {
+    pub frames: Vec<Frame>,
+    pub cells: Vec<Cell>,
+    /// The xdp-filter program that ran (name and id), for the report.
+    pub xdp_filter_prog: String,
+}
+
+impl CostResults {
+    fn cell(&self, subject: Subject, frame: usize) -> Option<&Cell> {
+        self.cells
+            .iter()
+            .find(|c| c.subject == subject && c.frame == frame)
+    }
+
+    pub fn frame_index(&self, kind: Kind) -> Option<usize> {
+        self.frames.iter().position(|f| f.kind == kind)
+    }
+
+    pub fn verdict(&self, subject: Subject, frame: usize) -> Option<&'static str> {
+        self.cell(subject, frame).map(|c| c.verdict)
+    }
+
+    pub fn absolute(&self, subject: Subject, frame: usize) -> Option<Summary> {
+        Summary::of(&self.cell(subject, frame)?.ns)
+    }
+
+    /// ns above the floor of the subject's hook, trial by trial.
+    pub fn above_floor(&self, subject: Subject, frame: usize) -> Option<Summary> {
+        let floor = self.cell(Subject::Floor(subject.hook()), frame)?;
+        let cell = self.cell(subject, frame)?;
+        let diffs: Vec<f64> = cell.ns.iter().zip(&floor.ns).map(|(a, f)| a - f).collect();
+        Summary::of(&diffs)
+    }
+}
+
+enum Prog<'a> {
+    Xdp(&'a Xdp),
+    Tc(&'a SchedClassifier),
+}
+
+impl Prog<'_> {
+    /// (return value, mean ns per run).
+    fn run(&self, frame: &[u8], repeat: u32) -> Result<(u32, f64)> {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat;
+        let r = match self {
+            Prog::Xdp(p) => p.test_run(opts),
+            Prog::Tc(p) => p.test_run(opts),
+        }
+        .context("BPF_PROG_TEST_RUN")?;
+        Ok((r.return_value, r.duration.as_nanos() as f64))
+    }
+
+    fn verdict(&self, ret: u32) -> &'static str {
+        match (self, ret) {
+            (Prog::Xdp(_), XDP_DROP) | (Prog::Tc(_), TC_ACT_SHOT) => "drop",
+            (Prog::Xdp(_), XDP_PASS) | (Prog::Tc(_), TC_ACT_UNSPEC | TC_ACT_OK) => "pass",
+            (Prog::Xdp(_), XDP_ABORTED) => "aborted",
+            _ => "other",
+        }
+    }
+}
+
+/// Runs part 1 on one pinned CPU (the last), in a thread of its own so the
+/// caller's affinity stays as it was.
+pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResults> {
+    let few = Ours::with_blocks("bc", &["8080", "8080/udp"])?;
+    let many = Ours::with_blocks("bc", &["8080", "8080/udp", MANY_RULES])?;
+    let (xdp_few, xdp_many) = (few.load_xdp(0)?, many.load_xdp(0)?);
+    let (tc_few, tc_many) = (few.load_tc(1)?, many.load_tc(1)?);
+
+    let pair = Pair::new(RxSetup {
+        queues: 1,
+        threaded: false,
+    })?;
+    let filter = XdpFilter::load(&pair.rx, &pair.rx_if, BLOCKED_PORT)?;
+    let filter_prog = filter.program(&few.pins().dir().join("xdp-filter"))?;
+    let filter_info = filter_prog
+        .info()
+        .map(|i| format!("{} (id {})", i.name_as_str().unwrap_or("?"), i.id()))
+        .unwrap_or_else(|_| "xdp-filter".into());
+
+    let prog = |subject: Subject| -> Result<Prog<'_>> {
+        Ok(match subject {
+            Subject::Floor(Hook::Xdp) => Prog::Xdp(reference.xdp(FLOOR_XDP)?),
+            Subject::Floor(Hook::Tc) => Prog::Tc(reference.tc(FLOOR_TC)?),
+            Subject::Ours(Hook::Xdp, Rules::One) => Prog::Xdp(ours::xdp(&xdp_few)?),
+            Subject::Ours(Hook::Xdp, Rules::TenThousand) => Prog::Xdp(ours::xdp(&xdp_many)?),
+            Subject::Ours(Hook::Tc, Rules::One) => Prog::Tc(ours::tc(&tc_few)?),
+            Subject::Ours(Hook::Tc, Rules::TenThousand) => Prog::Tc(ours::tc(&tc_many)?),
+            Subject::XdpFilter => Prog::Xdp(&filter_prog),
+            Subject::Minimal => Prog::Xdp(reference.xdp(MINIMAL_DROP)?),
+        })
+    };
+    let frames = frames::representative();
+    let mut cells: Vec<Cell> = Vec::new();
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            cpu::pin_current_thread(cpu::count() - 1)?;
+            for trial in 0..settings.trials {
+                crate::interrupt::check()?;
+                for (f, frame) in frames.iter().enumerate() {
+                    // Rotated each trial: no program always runs first.
+                    let n = Subject::ALL.len();
+                    for k in 0..n {
+                        let subject = Subject::ALL[(k + trial) % n];
+                        let p = prog(subject)?;
+                        let (ret, ns) =
+                            p.run(&frame.bytes, settings.repeat).with_context(|| {
+                                format!("test run of {} on {:?}", subject.name(), frame.name)
+                            })?;
+                        let verdict = p.verdict(ret);
+                        if trial == 0 {
+                            check_ours(subject, frame, verdict)?;
+                            cells.push(Cell {
+                                subject,
+                                frame: f,
+                                verdict,
+                                ns: Vec::new(),
+                            });
+                        }
+                        let cell = cells
+                            .iter_mut()
+                            .find(|c| c.subject == subject && c.frame == f)
+                            .context("cell of an earlier trial")?;
+                        cell.ns.push(ns);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("the part-1 thread panicked"))
+    })?;
+    Ok(CostResults {
+        frames,
+        cells,
+        xdp_filter_prog: filter_info,
+    })
+}
+
+/// A cost is meaningless if the program did the wrong thing.
+fn check_ours(subject: Subject, frame: &Frame, verdict: &str) -> Result<()> {
+    if matches!(subject, Subject::Ours(..)) && verdict != frame.ours {
+        bail!(
+            "{} returned {verdict} for {:?}, expected {}",
+            subject.name(),
+            frame.name,
+            frame.ours
+        );
+    }
+    Ok(())
+}

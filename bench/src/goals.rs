@@ -1,0 +1,186 @@
+//! The goals, checked against the medians of this run.
+
+use crate::{
+    control::ControlResults,
+    cost::{CostResults, Hook, Rules, Subject},
+    frames::Kind,
+    methods::Method,
+    rate::MethodResult,
+    stats::{Summary, percentile},
+};
+
+pub struct Goal {
+    pub part: u8,
+    pub text: String,
+    pub measured: String,
+    /// None: not measured in this run.
+    pub holds: Option<bool>,
+}
+
+impl Goal {
+    fn new(part: u8, text: impl Into<String>, result: Option<(String, bool)>) -> Self {
+        let (measured, holds) = match result {
+            Some((m, h)) => (m, Some(h)),
+            None => ("not measured".into(), None),
+        };
+        Self {
+            part,
+            text: text.into(),
+            measured,
+            holds,
+        }
+    }
+
+    pub fn verdict(&self) -> &'static str {
+        match self.holds {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        }
+    }
+}
+
+/// Differences of medians this small count as "flat" whatever the spread.
+const FLAT_FLOOR_NS: f64 = 2.0;
+
+pub fn evaluate(
+    cost: Option<&CostResults>,
+    rate: Option<&[MethodResult]>,
+    control: Option<&ControlResults>,
+) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    for (hook, name) in [(Hook::Xdp, "XDP"), (Hook::Tc, "TC")] {
+        goals.push(Goal::new(
+            1,
+            format!("ours {name} <= 10 ns above the floor on the IPv4 SYN, blocked and open, counters on"),
+            cost.and_then(|c| worst_above_floor(c, hook, &[Kind::SynBlocked, Kind::SynOpen], 10.0)),
+        ));
+        goals.push(Goal::new(
+            1,
+            format!("ours {name} <= 25 ns above the floor on the IPv6 (2 extension headers) and QinQ frames"),
+            cost.and_then(|c| worst_above_floor(c, hook, &[Kind::Ipv6Exts, Kind::QinQ], 25.0)),
+        ));
+        goals.push(Goal::new(
+            1,
+            format!("ours {name} flat (within noise) with 1 and with 10,000 rules"),
+            cost.and_then(|c| flatness(c, hook)),
+        ));
+    }
+    let rate_of = |m: Method| rate?.iter().find(|r| r.method == m);
+    let ratio = |a: Method, b: Method, pick: fn(&MethodResult) -> &Vec<f64>| {
+        let (a, b) = (
+            Summary::of(pick(rate_of(a)?))?,
+            Summary::of(pick(rate_of(b)?))?,
+        );
+        Some((a.median / b.median, a.median, b.median))
+    };
+    goals.push(Goal::new(
+        2,
+        "ours XDP native >= 0.95x the bare XDP_DROP rate",
+        ratio(Method::OursXdpNative, Method::BareDrop, |r| &r.mpps)
+            .map(|(x, a, b)| (format!("{x:.2}x ({a:.2} vs {b:.2} Mpps)"), x >= 0.95)),
+    ));
+    goals.push(Goal::new(
+        2,
+        "ours XDP native >= 2.5x the iptables INPUT method",
+        ratio(Method::OursXdpNative, Method::IptablesInput, |r| &r.mpps)
+            .map(|(x, a, b)| (format!("{x:.2}x ({a:.2} vs {b:.2} Mpps)"), x >= 2.5)),
+    ));
+    goals.push(Goal::new(
+        2,
+        "ours TC above nftables netdev ingress",
+        ratio(Method::OursTc, Method::NftNetdev, |r| &r.mpps)
+            .map(|(x, a, b)| (format!("{x:.2}x ({a:.2} vs {b:.2} Mpps)"), x > 1.0)),
+    ));
+    goals.push(Goal::new(
+        2,
+        "receiver cost of ours XDP native within 10% of the bare XDP_DROP program",
+        ratio(Method::OursXdpNative, Method::BareDrop, |r| &r.cost_ns).map(|(x, a, b)| {
+            (
+                format!("{a:.0} vs {b:.0} ns/packet ({:+.0}%)", (x - 1.0) * 100.0),
+                x <= 1.10,
+            )
+        }),
+    ));
+    let p99 = |samples: &[f64]| {
+        let (p50, p99) = (percentile(samples, 50.0)?, percentile(samples, 99.0)?);
+        Some((
+            format!(
+                "p50 {p50:.0} ms, p99 {p99:.0} ms ({} trials)",
+                samples.len()
+            ),
+            p99 <= 250.0,
+        ))
+    };
+    goals.push(Goal::new(
+        3,
+        "`docker service create` returned -> port in the map: p99 <= 250 ms",
+        control.and_then(|c| p99(&c.create_ms)),
+    ));
+    goals.push(Goal::new(
+        3,
+        "`docker service update` returned -> port in the map: p99 <= 250 ms",
+        control.and_then(|c| p99(&c.update_ms)),
+    ));
+    goals.push(Goal::new(
+        3,
+        "full sync with 200 services <= 1 s",
+        control.and_then(|c| {
+            let s = Summary::of(&c.first_sync_ms)?;
+            Some((
+                format!(
+                    "median {:.0} ms, max {:.0} ms ({} services)",
+                    s.median, s.max, c.services
+                ),
+                s.max <= 1000.0,
+            ))
+        }),
+    ));
+    goals
+}
+
+/// The largest median above the floor over `kinds` and both rule tables.
+fn worst_above_floor(
+    c: &CostResults,
+    hook: Hook,
+    kinds: &[Kind],
+    limit: f64,
+) -> Option<(String, bool)> {
+    let mut parts = Vec::new();
+    let mut worst = f64::MIN;
+    for &kind in kinds {
+        let f = c.frame_index(kind)?;
+        let one = c.above_floor(Subject::Ours(hook, Rules::One), f)?.median;
+        let many = c
+            .above_floor(Subject::Ours(hook, Rules::TenThousand), f)?
+            .median;
+        worst = worst.max(one).max(many);
+        parts.push(format!("{}: {one:+.0} / {many:+.0}", c.frames[f].name));
+    }
+    Some((
+        format!("{} ns (1 / 10,000 rules)", parts.join("; ")),
+        worst <= limit,
+    ))
+}
+
+/// The largest change of a median between the two rule tables, against the
+/// trials' own spread.
+fn flatness(c: &CostResults, hook: Hook) -> Option<(String, bool)> {
+    let mut worst: Option<(f64, f64, &str)> = None;
+    let mut holds = true;
+    for (f, frame) in c.frames.iter().enumerate() {
+        let one = c.above_floor(Subject::Ours(hook, Rules::One), f)?;
+        let many = c.above_floor(Subject::Ours(hook, Rules::TenThousand), f)?;
+        let change = many.median - one.median;
+        let noise = FLAT_FLOOR_NS.max(one.half_range()).max(many.half_range());
+        holds &= change.abs() <= noise;
+        if worst.is_none_or(|(w, _, _)| change.abs() > w.abs()) {
+            worst = Some((change, noise, frame.name));
+        }
+    }
+    let (change, noise, name) = worst?;
+    Some((
+        format!("largest change {change:+.1} ns ({name}; noise {noise:.1} ns)"),
+        holds,
+    ))
+}

@@ -1,0 +1,269 @@
+//! `cargo xtask bench`: ingress-xdp measured beside the alternatives an
+//! operator would pick, on this machine, in one run.
+//!
+//! 1. per-packet cost of the programs (BPF_PROG_TEST_RUN), against the
+//!    test_run floor and xdp-filter;
+//! 2. drop rate through a real veth (a live-frames XDP_TX generator) for
+//!    ten methods, and the receiver's own cost per packet;
+//! 3. control-plane latency and full-sync time against a real dockerd.
+//!
+//! Writes RESULTS.md and a PNG chart, and prints a summary. It asserts no
+//! timing: goals are reported, not enforced. Needs root.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+mod chart;
+mod control;
+mod cost;
+mod counters;
+mod cpu;
+mod frames;
+mod generator;
+mod goals;
+mod interrupt;
+mod machine;
+mod methods;
+mod ours;
+mod progs;
+mod rate;
+mod report;
+mod sh;
+mod stats;
+mod topo;
+mod xdp_filter;
+
+use std::{
+    panic::AssertUnwindSafe,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::{
+    control::ControlSettings,
+    cost::CostSettings,
+    rate::RateSettings,
+    report::{Part, Run},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "ingress-xdp-bench",
+    about = "ingress-xdp beside the alternatives: cost, drop rate, control plane"
+)]
+struct Args {
+    /// A small run (a minute or two) that keeps the bench working in CI;
+    /// too few trials to judge the goals.
+    #[arg(long)]
+    quick: bool,
+    /// Where RESULTS.md and results.png go [default: bench/, or
+    /// target/bench-quick/ with --quick].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Parts to run.
+    #[arg(long, value_delimiter = ',', default_values = ["cost", "rate", "control"])]
+    parts: Vec<PartName>,
+    /// Drop methods of part 2 [default: all].
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<methods::Method>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PartName {
+    /// 1: per-packet cost (BPF_PROG_TEST_RUN).
+    Cost,
+    /// 2: drop rate and receiver cost through a veth.
+    Rate,
+    /// 3: control plane against dockerd.
+    Control,
+}
+
+struct Plan {
+    cost: CostSettings,
+    rate: RateSettings,
+    control: ControlSettings,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                cost: CostSettings {
+                    trials: 2,
+                    repeat: 1_000_000,
+                },
+                rate: RateSettings {
+                    trials: 1,
+                    duration: Duration::from_millis(300),
+                    warmup: Duration::from_millis(100),
+                },
+                control: ControlSettings {
+                    latency_trials: 5,
+                    services: 20,
+                    sync_trials: 2,
+                    cold_start_trials: 1,
+                },
+            }
+        } else {
+            Self {
+                cost: CostSettings {
+                    trials: 9,
+                    repeat: 1_000_000,
+                },
+                rate: RateSettings {
+                    trials: 5,
+                    duration: Duration::from_secs(2),
+                    warmup: Duration::from_millis(300),
+                },
+                control: ControlSettings {
+                    latency_trials: 60,
+                    services: 200,
+                    sync_trials: 7,
+                    cold_start_trials: 5,
+                },
+            }
+        }
+    }
+}
+
+/// Tools each part drives, with their Debian packages.
+const TOOLS: [(PartName, &str, &str); 10] = [
+    (PartName::Cost, "xdp-filter", "xdp-tools"),
+    (PartName::Cost, "bpftool", "bpftool"),
+    (PartName::Cost, "ethtool", "ethtool"),
+    (PartName::Rate, "ethtool", "ethtool"),
+    (PartName::Rate, "iptables", "iptables"),
+    (PartName::Rate, "nft", "nftables"),
+    (PartName::Rate, "xdp-filter", "xdp-tools"),
+    (PartName::Control, "dockerd", "docker.io"),
+    (PartName::Control, "busybox", "busybox-static"),
+    (PartName::Control, "socat", "socat"),
+];
+
+fn main() {
+    let args = Args::parse();
+    match bench(&args) {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("ingress-xdp-bench: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Runs the selected parts; Ok(false) when one of them failed (the others
+/// still ran and the report says which failed).
+fn bench(args: &Args) -> Result<bool> {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the benchmark loads BPF programs and creates namespaces: run it as root (cargo xtask bench)"
+        );
+    }
+    let wanted = |p: PartName| args.parts.contains(&p);
+    let tools: Vec<(&str, &str)> = TOOLS
+        .iter()
+        .filter(|(p, ..)| wanted(*p))
+        .map(|&(_, tool, package)| (tool, package))
+        .collect();
+    sh::require_tools(&tools)?;
+    ingress_xdp::sys::ensure_bpffs_mounted()?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let bench_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+        match bench_dir.parent() {
+            Some(workspace) if args.quick => workspace.join("target/bench-quick"),
+            _ => bench_dir.to_path_buf(),
+        }
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+
+    interrupt::install();
+    let plan = Plan::new(args.quick);
+    let started = Instant::now();
+    let machine = machine::Machine::describe();
+    let reference = progs::Reference::load()?;
+    let cost = run_part(wanted(PartName::Cost), "1 (per-packet cost)", || {
+        cost::measure(&reference, plan.cost)
+    });
+    let rate = run_part(wanted(PartName::Rate), "2 (drop rate)", || {
+        let methods = if args.methods.is_empty() {
+            &methods::Method::ALL[..]
+        } else {
+            &args.methods[..]
+        };
+        rate::measure(&reference, plan.rate, methods)
+    });
+    let control = run_part(wanted(PartName::Control), "3 (control plane)", || {
+        control::measure(plan.control)
+    });
+    if interrupt::requested() {
+        bail!("interrupted; cleaned up, wrote nothing");
+    }
+    let mut run = Run {
+        quick: args.quick,
+        machine,
+        cost_settings: plan.cost,
+        rate_settings: plan.rate,
+        control_settings: plan.control,
+        cost,
+        rate,
+        control,
+        elapsed: Duration::ZERO,
+    };
+    run.machine.finish();
+    run.elapsed = started.elapsed();
+
+    let goals = goals::evaluate(
+        run.cost.done(),
+        run.rate.done().map(|r| &r[..]),
+        run.control.done(),
+    );
+    let chart_name = "results.png";
+    let chart_path = out.join(chart_name);
+    chart::write(&run, &chart_path)?;
+    let md_path = out.join("RESULTS.md");
+    std::fs::write(&md_path, report::markdown(&run, &goals, chart_name))
+        .with_context(|| format!("writing {}", md_path.display()))?;
+    let written = [md_path, chart_path].map(|p| p.display().to_string());
+    print!("{}", report::summary(&run, &goals, &written));
+    let failed = [
+        matches!(run.cost, Part::Failed(_)),
+        matches!(run.rate, Part::Failed(_)),
+        matches!(run.control, Part::Failed(_)),
+    ];
+    Ok(!failed.contains(&true))
+}
+
+/// Runs one part, turning its error or panic (the reused test fixtures
+/// panic) into a failed part so that the others still run.
+fn run_part<T>(wanted: bool, name: &str, f: impl FnOnce() -> Result<T>) -> Part<T> {
+    if !wanted {
+        return Part::Skipped;
+    }
+    eprintln!("bench: part {name}...");
+    let t = Instant::now();
+    let outcome = match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(t)) => Part::Done(t),
+        _ if interrupt::requested() => Part::Failed("interrupted".into()),
+        Ok(Err(e)) => Part::Failed(format!("{e:#}")),
+        Err(panic) => Part::Failed(
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into()),
+        ),
+    };
+    match &outcome {
+        Part::Failed(e) => eprintln!("bench: part {name} FAILED: {e}"),
+        _ => eprintln!(
+            "bench: part {name} done in {:.0} s",
+            t.elapsed().as_secs_f64()
+        ),
+    }
+    outcome
+}

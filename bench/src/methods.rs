@@ -1,0 +1,212 @@
+//! The drop methods of part 2, side by side: what an operator could put on
+//! the receiving interface to drop SYNs to one port.
+//!
+//! Each method is installed on a fresh veth pair (so nothing of an earlier
+//! method, such as a netfilter hook, stays in the path) and reports its own
+//! counter of what it dropped.
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use ingress_xdp::attach::{self, Hook, Target, XdpModeChoice};
+
+use crate::{
+    counters::Counter,
+    ours::Ours,
+    progs::{BARE_DROP, MINIMAL_DROP, Reference},
+    sh::run_in,
+    topo::Pair,
+    xdp_filter::XdpFilter,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    None,
+    IptablesInput,
+    IptablesRaw,
+    NftNetdev,
+    XdpFilter,
+    OursTc,
+    OursXdpGeneric,
+    OursXdpNative,
+    MinimalDrop,
+    BareDrop,
+}
+
+impl Method {
+    pub const ALL: [Method; 10] = [
+        Method::None,
+        Method::IptablesInput,
+        Method::IptablesRaw,
+        Method::NftNetdev,
+        Method::XdpFilter,
+        Method::OursTc,
+        Method::OursXdpGeneric,
+        Method::OursXdpNative,
+        Method::MinimalDrop,
+        Method::BareDrop,
+    ];
+
+    /// Short name, for the chart and the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::None => "no filter",
+            Method::IptablesInput => "iptables INPUT",
+            Method::IptablesRaw => "iptables raw PREROUTING",
+            Method::NftNetdev => "nft netdev ingress",
+            Method::XdpFilter => "xdp-filter (native)",
+            Method::OursTc => "ours, tc",
+            Method::OursXdpGeneric => "ours, XDP generic",
+            Method::OursXdpNative => "ours, XDP native",
+            Method::MinimalDrop => "minimal XDP port check",
+            Method::BareDrop => "bare XDP_DROP",
+        }
+    }
+
+    /// What exactly runs, for the report.
+    pub fn detail(self) -> &'static str {
+        match self {
+            Method::None => "nothing; the stack answers each SYN with a RST",
+            Method::IptablesInput => "`iptables -A INPUT -p tcp --dport P -j DROP` (iptables-nft)",
+            Method::IptablesRaw => "`iptables -t raw -A PREROUTING -p tcp --dport P -j DROP`",
+            Method::NftNetdev => "`nft` netdev table, ingress hook: `tcp dport P counter drop`",
+            Method::XdpFilter => "`xdp-filter load --mode native` + `xdp-filter port P`",
+            Method::OursTc => "`ingress-xdp attach --hook tc` (TCX) + `block P`",
+            Method::OursXdpGeneric => "`ingress-xdp attach --xdp-mode generic` + `block P`",
+            Method::OursXdpNative => "`ingress-xdp attach --xdp-mode native` + `block P`",
+            Method::MinimalDrop => {
+                "an XDP program that reads the TCP port at a fixed offset and drops on a match \
+                 (no parsing, no map, no counter): the cost of touching the packet"
+            }
+            Method::BareDrop => "an XDP program that returns XDP_DROP and reads nothing",
+        }
+    }
+
+    /// Installs the method on `pair`'s receiving side, dropping tcp `port`
+    /// (ours: the rule is already in `ours`' table).
+    pub fn install<'a>(self, pair: &'a Pair, port: u16, ours: &'a Ours) -> Result<Installed<'a>> {
+        let (rx, iface) = (&pair.rx, pair.rx_if.as_str());
+        let installed = |counter, guard| Installed {
+            counter,
+            _guard: guard,
+        };
+        let ipt = |table: &'static str, chain: &'static str| -> Result<Installed<'a>> {
+            run_in(
+                rx,
+                &format!("iptables -t {table} -A {chain} -p tcp --dport {port} -j DROP"),
+            )?;
+            Ok(installed(
+                Counter::Iptables { table, chain },
+                Guard::Namespace,
+            ))
+        };
+        let r = match self {
+            Method::None => Ok(installed(Counter::RxPackets, Guard::Namespace)),
+            Method::IptablesInput => ipt("filter", "INPUT"),
+            Method::IptablesRaw => ipt("raw", "PREROUTING"),
+            Method::NftNetdev => {
+                let table = "ixtb";
+                run_in(
+                    rx,
+                    &format!(
+                        "nft 'add table netdev {table}; \
+                         add chain netdev {table} ingress {{ type filter hook ingress device {iface} priority 0; }}; \
+                         add rule netdev {table} ingress tcp dport {port} counter drop'"
+                    ),
+                )?;
+                let counter = Counter::Nft {
+                    family: "netdev",
+                    table: table.into(),
+                    chain: "ingress",
+                };
+                Ok(installed(counter, Guard::Namespace))
+            }
+            Method::XdpFilter => {
+                let filter = XdpFilter::load(rx, iface, port)?;
+                Ok(installed(
+                    Counter::XdpDrops,
+                    Guard::XdpFilter { _filter: filter },
+                ))
+            }
+            Method::OursTc => attach_ours(pair, ours, Hook::Tc, XdpModeChoice::Auto),
+            Method::OursXdpGeneric => attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Generic),
+            Method::OursXdpNative => attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Native),
+            Method::MinimalDrop => attach_reference(pair, MINIMAL_DROP),
+            Method::BareDrop => attach_reference(pair, BARE_DROP),
+        };
+        r.with_context(|| format!("installing {} on {iface}", self.name()))
+    }
+}
+
+/// An installed method; uninstalled on drop (what the namespace's deletion
+/// would not undo: pinned links, xdp-filter's global state).
+pub struct Installed<'a> {
+    pub counter: Counter,
+    _guard: Guard<'a>,
+}
+
+enum Guard<'a> {
+    /// Goes with the namespace (netfilter rules and tables).
+    Namespace,
+    XdpFilter {
+        _filter: XdpFilter<'a>,
+    },
+    Ours(&'a Ours),
+    /// Detached when the object is dropped.
+    Program {
+        _ebpf: Ebpf,
+    },
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        if let Guard::Ours(ours) = self
+            && let Err(e) = attach::detach_all(ours.pins())
+        {
+            eprintln!("bench: detaching ingress-xdp: {e:#}");
+        }
+    }
+}
+
+fn attach_ours<'a>(
+    pair: &Pair,
+    ours: &'a Ours,
+    hook: Hook,
+    mode: XdpModeChoice,
+) -> Result<Installed<'a>> {
+    let target = Target {
+        netns: Some(pair.rx.path()),
+        iface: pair.rx_if.clone(),
+    };
+    let report = {
+        let _lock = ours.pins().lock()?;
+        attach::attach(ours.pins(), &target, hook, mode)?
+    };
+    Ok(Installed {
+        counter: Counter::Ours {
+            pins: ours.pins().clone(),
+            point: report.point.id,
+        },
+        _guard: Guard::Ours(ours),
+    })
+}
+
+/// A reference program, attached in native mode from a thread inside the
+/// receiver's namespace (aya resolves the name there); detached when the
+/// guard drops the object.
+fn attach_reference<'a>(pair: &Pair, name: &str) -> Result<Installed<'a>> {
+    let mut reference = Reference::load()?;
+    let prog: &mut Xdp = reference.xdp_mut(name)?;
+    ingress_xdp::sys::in_netns(Some(&pair.rx.path()), || {
+        prog.attach(&pair.rx_if, XdpMode::Driver)
+            .with_context(|| format!("attaching {name} natively to {}", pair.rx_if))
+    })?;
+    Ok(Installed {
+        counter: Counter::XdpDrops,
+        _guard: Guard::Program {
+            _ebpf: reference.into_ebpf(),
+        },
+    })
+}

@@ -1,0 +1,82 @@
+//! ingress-xdp as the benchmark uses it: a private pin directory under
+//! /sys/fs/bpf (removed on drop, links and all) holding block rules.
+
+use anyhow::{Context, Result};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, Xdp},
+};
+use ingress_xdp::{
+    pins::{PROG_TC, PROG_XDP, Pins, load_object},
+    rules::{Mode, RuleSpec, RuleTable},
+    spec::PortSpec,
+};
+
+use crate::support::TestPins;
+
+pub struct Ours {
+    pins: TestPins,
+}
+
+impl Ours {
+    /// A pin directory whose rule table blocks every port of `specs`
+    /// (`8080`, `53/udp`, `20000-29999`, as `ingress-xdp block` takes them).
+    pub fn with_blocks(tag: &str, specs: &[&str]) -> Result<Self> {
+        let ours = Self {
+            pins: TestPins::new(tag),
+        };
+        let specs: Vec<PortSpec> = specs
+            .iter()
+            .map(|s| s.parse().with_context(|| format!("port spec {s:?}")))
+            .collect::<Result<_>>()?;
+        RuleTable::open(ours.pins())?
+            .apply(
+                &specs,
+                &RuleSpec {
+                    mode: Mode::Block,
+                    allow_from: Default::default(),
+                },
+            )
+            .context("adding the benchmark's block rules")?;
+        Ok(ours)
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins.pins
+    }
+
+    /// Our XDP program, loaded (not attached) with counters at `attach_id`.
+    pub fn load_xdp(&self, attach_id: u32) -> Result<Ebpf> {
+        let mut ebpf = load_object(self.pins(), attach_id)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .context("ingress_xdp missing from the object")?
+            .try_into()?;
+        prog.load().context("loading ingress_xdp")?;
+        Ok(ebpf)
+    }
+
+    /// Our TC classifier, loaded (not attached) with counters at `attach_id`.
+    pub fn load_tc(&self, attach_id: u32) -> Result<Ebpf> {
+        let mut ebpf = load_object(self.pins(), attach_id)?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROG_TC)
+            .context("ingress_tc missing from the object")?
+            .try_into()?;
+        prog.load().context("loading ingress_tc")?;
+        Ok(ebpf)
+    }
+}
+
+/// The loaded XDP program of an object from [`Ours::load_xdp`].
+pub fn xdp(ebpf: &Ebpf) -> Result<&Xdp> {
+    Ok(ebpf
+        .program(PROG_XDP)
+        .context("no ingress_xdp")?
+        .try_into()?)
+}
+
+/// The loaded classifier of an object from [`Ours::load_tc`].
+pub fn tc(ebpf: &Ebpf) -> Result<&SchedClassifier> {
+    Ok(ebpf.program(PROG_TC).context("no ingress_tc")?.try_into()?)
+}

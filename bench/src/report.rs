@@ -1,0 +1,434 @@
+//! RESULTS.md and the printed summary.
+
+use std::{fmt::Write as _, time::Duration};
+
+use crate::{
+    control::{ControlResults, ControlSettings},
+    cost::{CostResults, CostSettings, Hook, Rules, Subject},
+    goals::Goal,
+    machine::Machine,
+    methods::Method,
+    rate::{MethodResult, RateSettings},
+    stats::{Summary, percentile},
+};
+
+/// What became of one part of the benchmark.
+pub enum Part<T> {
+    Done(T),
+    Failed(String),
+    Skipped,
+}
+
+impl<T> Part<T> {
+    pub fn done(&self) -> Option<&T> {
+        match self {
+            Part::Done(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    fn missing(&self) -> Option<String> {
+        match self {
+            Part::Done(_) => None,
+            Part::Failed(e) => Some(format!("**This part failed:** `{e}`\n")),
+            Part::Skipped => Some("Not run (`--parts`).\n".into()),
+        }
+    }
+}
+
+pub struct Run {
+    pub quick: bool,
+    pub machine: Machine,
+    pub cost_settings: CostSettings,
+    pub rate_settings: RateSettings,
+    pub control_settings: ControlSettings,
+    pub cost: Part<CostResults>,
+    pub rate: Part<Vec<MethodResult>>,
+    pub control: Part<ControlResults>,
+    pub elapsed: Duration,
+}
+
+/// 1000000 -> "1,000,000".
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cell(s: Option<Summary>, digits: usize) -> String {
+    s.map_or_else(|| "-".into(), |s| s.show(digits))
+}
+
+fn signed(s: Option<Summary>) -> String {
+    s.map_or_else(
+        || "-".into(),
+        |s| format!("{:+.0} ({:+.0}…{:+.0})", s.median, s.min, s.max),
+    )
+}
+
+pub fn markdown(run: &Run, goals: &[Goal], chart: &str) -> String {
+    let mut md = String::new();
+    let m = &run.machine;
+    let _ = writeln!(md, "# ingress-xdp benchmark results\n");
+    let _ = writeln!(
+        md,
+        "Written by `cargo xtask bench{}` on {} in {:.0} s. Every figure is the median of \
+         repeated trials, with (min–max) beside it; the parts and methods were interleaved so \
+         that drift on the machine spreads over all of them.{}\n",
+        if run.quick { " --quick" } else { "" },
+        m.date,
+        run.elapsed.as_secs_f64(),
+        if run.quick {
+            " **Quick run (CI smoke): too few trials to judge the goals.**"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(md, "![chart]({chart})\n");
+    machine(&mut md, m);
+    goals_table(&mut md, goals);
+    part1(&mut md, run);
+    part2(&mut md, run);
+    part3(&mut md, run);
+    md
+}
+
+fn machine(md: &mut String, m: &Machine) {
+    let _ = writeln!(md, "## Machine\n\n| | |\n|---|---|");
+    let rows = [
+        ("CPU", format!("{} × {}", m.cpus, m.cpu_model)),
+        ("Memory", m.memory.clone()),
+        ("OS", m.os.clone()),
+        ("Kernel", m.kernel.clone()),
+        (
+            "kernel.bpf_stats_enabled",
+            format!(
+                "{} (1 adds two clock reads to every program run)",
+                m.bpf_stats
+            ),
+        ),
+        ("ingress-xdp", m.commit.clone()),
+        (
+            "Load average (1/5/15 min)",
+            format!("{} before, {} after", m.load_before, m.load_after),
+        ),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    for (k, v) in &m.tools {
+        let _ = writeln!(md, "| {k} | {v} |");
+    }
+    let _ = writeln!(md);
+}
+
+fn goals_table(md: &mut String, goals: &[Goal]) {
+    let _ = writeln!(
+        md,
+        "## Goals\n\n| Part | Goal | Measured (medians) | Holds |\n|---|---|---|---|"
+    );
+    for g in goals {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            g.part,
+            g.text,
+            g.measured,
+            g.verdict()
+        );
+    }
+    let _ = writeln!(md);
+}
+
+fn part1(md: &mut String, run: &Run) {
+    let s = run.cost_settings;
+    let _ = writeln!(
+        md,
+        "## 1. Per-packet cost of the program (BPF_PROG_TEST_RUN)\n\n\
+         Each program runs {} times per trial on each frame ({} trials); the kernel reports the \
+         mean time of one run. The floor is a program that returns a fixed verdict: test_run's \
+         own per-run overhead, one per hook (an skb test run costs more than an XDP one). \
+         \"Above the floor\" is taken trial by trial. Ours counts every packet (per attach point) \
+         and every match (per rule), as in production. \"1 port\" is 8080/tcp and 8080/udp \
+         blocked; \"10k ports\" adds 20000-29999/tcp. The minimal port check is a reference \
+         program that reads the TCP port at the fixed offset of an untagged IPv4 frame and \
+         compares it (no parsing, no map, no counter).\n",
+        thousands(u64::from(s.repeat)),
+        s.trials
+    );
+    if let Some(text) = run.cost.missing() {
+        let _ = writeln!(md, "{text}");
+        return;
+    }
+    let Some(c) = run.cost.done() else { return };
+    let subjects = [
+        Subject::Ours(Hook::Xdp, Rules::One),
+        Subject::Ours(Hook::Xdp, Rules::TenThousand),
+        Subject::Ours(Hook::Tc, Rules::One),
+        Subject::Ours(Hook::Tc, Rules::TenThousand),
+        Subject::XdpFilter,
+        Subject::Minimal,
+    ];
+    let _ = writeln!(md, "### ns per packet above the floor\n");
+    let header: Vec<&str> = subjects.iter().map(|s| s.name()).collect();
+    let _ = writeln!(
+        md,
+        "| Frame | {} |\n|---|{}",
+        header.join(" | "),
+        "---|".repeat(subjects.len())
+    );
+    for (f, frame) in c.frames.iter().enumerate() {
+        let cells: Vec<String> = subjects
+            .iter()
+            .map(|&s| signed(c.above_floor(s, f)))
+            .collect();
+        let _ = writeln!(md, "| {} | {} |", frame.name, cells.join(" | "));
+    }
+    let _ = writeln!(md, "\n### ns per run, absolute, and the verdict\n");
+    let all = Subject::ALL;
+    let header: Vec<&str> = all.iter().map(|s| s.name()).collect();
+    let _ = writeln!(
+        md,
+        "| Frame | {} |\n|---|{}",
+        header.join(" | "),
+        "---|".repeat(all.len())
+    );
+    for (f, frame) in c.frames.iter().enumerate() {
+        let cells: Vec<String> = all
+            .iter()
+            .map(|&s| {
+                format!(
+                    "{} {}",
+                    cell(c.absolute(s, f), 0),
+                    c.verdict(s, f).unwrap_or("?")
+                )
+            })
+            .collect();
+        let _ = writeln!(md, "| {} | {} |", frame.name, cells.join(" | "));
+    }
+    let _ = writeln!(
+        md,
+        "\nxdp-filter is Debian's xdp-tools program {}, loaded with `xdp-filter load --mode native` \
+         and `xdp-filter port 8080` (tcp and udp), test-run by id like ours.\n",
+        c.xdp_filter_prog
+    );
+}
+
+fn part2(md: &mut String, run: &Run) {
+    let s = run.rate_settings;
+    let _ = writeln!(
+        md,
+        "## 2. Drop rate through a veth, and the receiver's cost\n\n\
+         A veth pair between two namespaces. The generator is BPF_PROG_TEST_RUN in live-frames \
+         mode on an XDP_TX program, which sends 64-byte TCP SYNs to the blocked port out of the \
+         sending veth. **Rate:** the receiver has 2 rx queues, two generator threads are pinned \
+         to CPU 0 and 1, and frames are received on the sending CPU, so each rate is that of \
+         generator and receiver together: it ranks the receivers (the ceiling is the bare \
+         XDP_DROP), it is not a receiver's limit. The rate counts what the method itself \
+         counted as dropped (iptables/nft rule counters, veth `xdp_drops`, our attach-point \
+         counters; with no filter, the packets the interface took in). **Receiver cost:** one \
+         rx queue, threaded NAPI, its kthread pinned to CPU 1 and one generator thread on CPU \
+         0; the kthread's run time (schedstat) divided by the packets it took in. It includes \
+         veth's own work and a wake-up of the kthread per batch of 64 frames. Each (method, \
+         trial) runs on fresh namespaces: {} trials of {:.1} s per measurement, after {:.1} s \
+         of warm-up.\n",
+        s.trials,
+        s.duration.as_secs_f64(),
+        s.warmup.as_secs_f64()
+    );
+    if let Some(text) = run.rate.missing() {
+        let _ = writeln!(md, "{text}");
+        return;
+    }
+    let Some(results) = run.rate.done() else {
+        return;
+    };
+    let median_of = |m: Method, pick: fn(&MethodResult) -> &Vec<f64>| {
+        results
+            .iter()
+            .find(|r| r.method == m)
+            .and_then(|r| Summary::of(pick(r)))
+            .map(|s| s.median)
+    };
+    let ipt = median_of(Method::IptablesInput, |r| &r.mpps);
+    let bare = median_of(Method::BareDrop, |r| &r.mpps);
+    let bare_cost = median_of(Method::BareDrop, |r| &r.cost_ns);
+    let _ = writeln!(
+        md,
+        "| Method | Mpps | × iptables INPUT | × bare XDP_DROP | frames not counted | receiver ns/packet | × bare XDP_DROP | kthread busy |\n\
+         |---|---|---|---|---|---|---|---|"
+    );
+    let times = |x: Option<f64>, base: Option<f64>| match (x, base) {
+        (Some(x), Some(b)) if b > 0.0 => format!("{:.2}×", x / b),
+        _ => "-".into(),
+    };
+    for r in results {
+        let (mpps, cost) = (Summary::of(&r.mpps), Summary::of(&r.cost_ns));
+        let missed = Summary::of(&r.missed).map_or(0.0, |s| s.max.max(0.0));
+        let busy = Summary::of(&r.cost_busy).map_or(0.0, |s| s.median);
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | ≤ {:.1}% | {} | {} | {:.0}% |",
+            r.method.name(),
+            cell(mpps, 2),
+            times(mpps.map(|s| s.median), ipt),
+            times(mpps.map(|s| s.median), bare),
+            missed * 100.0,
+            cell(cost, 0),
+            times(cost.map(|s| s.median), bare_cost),
+            busy * 100.0
+        );
+    }
+    let _ = writeln!(md, "\nMethods:\n");
+    for m in Method::ALL {
+        let _ = writeln!(md, "- **{}**: {}", m.name(), m.detail());
+    }
+    let _ = writeln!(md);
+}
+
+fn part3(md: &mut String, run: &Run) {
+    let s = run.control_settings;
+    let _ = writeln!(
+        md,
+        "## 3. Control plane against a real dockerd\n\n\
+         A private dockerd (its own namespace, data root and socket) as a one-node swarm, and \
+         `ingress-xdp run --default deny` attached to the node's NIC and its ingress_sbox. \
+         Latency: from the docker command returning to the port being in (or, for `rm`, out of) \
+         the rule map, polled every millisecond ({} trials each; services have 0 replicas: the \
+         agent reads service specs, not tasks). Full sync: one pass of the agent's sync (list \
+         the services, evaluate the policy, apply the difference) with {} services, in-process \
+         ({} trials): against an empty table, then again with nothing to change. Cold start: \
+         from spawning `ingress-xdp run` to all {} ports in the map, attaching included ({} \
+         trials).\n",
+        s.latency_trials, s.services, s.sync_trials, s.services, s.cold_start_trials
+    );
+    if let Some(text) = run.control.missing() {
+        let _ = writeln!(md, "{text}");
+        return;
+    }
+    let Some(c) = run.control.done() else { return };
+    let _ = writeln!(
+        md,
+        "| Measurement | p50 | p99 | min | max | trials |\n|---|---|---|---|---|---|"
+    );
+    for (name, samples) in control_rows(c) {
+        let (Some(p50), Some(p99), Some(all)) = (
+            percentile(samples, 50.0),
+            percentile(samples, 99.0),
+            Summary::of(samples),
+        ) else {
+            continue;
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {p50:.1} ms | {p99:.1} ms | {:.1} ms | {:.1} ms | {} |",
+            all.min, all.max, all.n
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nDocker Engine {}. The docker commands themselves took {} ms (median, min–max).\n",
+        c.docker_version,
+        cell(Summary::of(&c.command_ms), 0)
+    );
+}
+
+/// The rows of part 3, for the table and the chart.
+pub fn control_rows(c: &ControlResults) -> Vec<(String, &[f64])> {
+    vec![
+        ("`service create` → in map".into(), &c.create_ms[..]),
+        (
+            "`service update --publish-add` → in map".into(),
+            &c.update_ms[..],
+        ),
+        ("`service rm` → out of map".into(), &c.remove_ms[..]),
+        (
+            format!("full sync, {} services, empty table", c.services),
+            &c.first_sync_ms[..],
+        ),
+        (
+            format!("full sync, {} services, no change", c.services),
+            &c.resync_ms[..],
+        ),
+        (
+            format!("agent cold start → {} ports in map", c.services),
+            &c.cold_start_ms[..],
+        ),
+    ]
+}
+
+/// The short summary printed at the end.
+pub fn summary(run: &Run, goals: &[Goal], written: &[String]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n== ingress-xdp bench ({:.0} s)",
+        run.elapsed.as_secs_f64()
+    );
+    if let Some(c) = run.cost.done() {
+        for (f, frame) in c.frames.iter().enumerate().take(2) {
+            let _ = writeln!(
+                out,
+                "part 1  {:<24} ns above floor: ours XDP {}, ours TC {}, xdp-filter {}",
+                frame.name,
+                signed(c.above_floor(Subject::Ours(Hook::Xdp, Rules::One), f)),
+                signed(c.above_floor(Subject::Ours(Hook::Tc, Rules::One), f)),
+                signed(c.above_floor(Subject::XdpFilter, f)),
+            );
+        }
+    }
+    if let Some(results) = run.rate.done() {
+        for r in results {
+            let _ = writeln!(
+                out,
+                "part 2  {:<24} {} Mpps, receiver {} ns/packet",
+                r.method.name(),
+                cell(Summary::of(&r.mpps), 2),
+                cell(Summary::of(&r.cost_ns), 0)
+            );
+        }
+    }
+    if let Some(c) = run.control.done() {
+        for (name, samples) in control_rows(c) {
+            let _ = writeln!(
+                out,
+                "part 3  {name}: p50 {:.1} ms, p99 {:.1} ms",
+                percentile(samples, 50.0).unwrap_or(f64::NAN),
+                percentile(samples, 99.0).unwrap_or(f64::NAN)
+            );
+        }
+    }
+    for (name, part) in [
+        ("1", run.cost.missing()),
+        ("2", run.rate.missing()),
+        ("3", run.control.missing()),
+    ] {
+        if let Some(text) = part {
+            let _ = write!(out, "part {name}  {text}");
+        }
+    }
+    let _ = writeln!(out, "goals:");
+    for g in goals {
+        let _ = writeln!(out, "  [{:>3}] {} — {}", g.verdict(), g.text, g.measured);
+    }
+    for w in written {
+        let _ = writeln!(out, "wrote {w}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(super::thousands(1_000_000), "1,000,000");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1000), "1,000");
+    }
+}
