@@ -9,9 +9,9 @@ fuzz_target!(|text: &str| {
         return;
     };
     let max = if cidr.addr().is_ipv4() { 32 } else { 128 };
-    assert!(cidr.len() <= max, "{text:?}: /{} too long", cidr.len());
+    assert!(cidr.prefix_len() <= max, "{text:?}: /{} too long", cidr.prefix_len());
     // No host bits: the prefix is its own canonical form, and holds itself.
-    assert_eq!(Cidr::new(cidr.addr(), cidr.len()), Some(cidr));
+    assert_eq!(Cidr::new(cidr.addr(), cidr.prefix_len()), Some(cidr));
     assert!(cidr.contains(cidr.addr()));
     // Printed and parsed back, it is the same prefix.
     let shown = cidr.to_string();

@@ -140,9 +140,9 @@ impl Agent {
             self.forget_gone();
             return;
         };
-        // A dead link in a namespace with the same identity: Docker recreated
-        // the namespace and the kernel reused the inode number.
-        self.forget_gone();
+        // A dead link in a namespace with the same identity (Docker recreated
+        // it and the kernel reused the inode number) is a stale slot that
+        // attach() replaces; other stale points go once the new one is in.
         match self.attach_sbox(&path) {
             Ok(report) => {
                 self.sbox = Some(id);
@@ -171,9 +171,8 @@ impl Agent {
     }
 
     fn sbox_link_dead(&self) -> bool {
-        self.sbox_point.is_some_and(|id| {
-            sys::link_ifindex(&self.cfg.pins.link(id)).map_or(true, |ifindex| ifindex == 0)
-        })
+        self.sbox_point
+            .is_some_and(|id| sys::link_detached(&self.cfg.pins.link(id)))
     }
 
     fn attach_sbox(&self, path: &std::path::Path) -> Result<attach::AttachReport> {

@@ -18,6 +18,7 @@ use ingress_xdp_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    fixed::{from_fixed, to_fixed},
     pins::{self, MAP_ATTACH_INFO, MAP_ATTACH_STATS, PROG_TC, PROG_XDP, Pins},
     rules::open_map,
     sys::{self, NetnsId},
@@ -116,7 +117,7 @@ impl AttachPoint {
     /// The pinned link must still hold an interface too: a namespace Docker
     /// recreates can reuse the old inode number and interface index.
     pub fn presence(&self) -> Presence {
-        if sys::link_ifindex(&self.link_pin).map_or(true, |ifindex| ifindex == 0) {
+        if sys::link_detached(&self.link_pin) {
             return Presence::Gone;
         }
         let netns = self.netns.as_deref().map(Path::new);
@@ -170,27 +171,15 @@ impl fmt::Display for Presence {
     }
 }
 
-fn c_bytes<const N: usize>(s: &str) -> [u8; N] {
-    let mut out = [0u8; N];
-    let n = s.len().min(N - 1);
-    out[..n].copy_from_slice(&s.as_bytes()[..n]);
-    out
-}
-
-fn from_c_bytes(b: &[u8]) -> String {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    String::from_utf8_lossy(&b[..end]).into_owned()
-}
-
 fn decode(pins: &Pins, id: u32, info: &AttachInfo) -> Option<AttachPoint> {
     if info.in_use == 0 {
         return None;
     }
-    let netns = from_c_bytes(&info.netns_path);
+    let netns = from_fixed(&info.netns_path);
     Some(AttachPoint {
         id,
         netns: (!netns.is_empty()).then_some(netns),
-        iface: from_c_bytes(&info.ifname),
+        iface: from_fixed(&info.ifname),
         ifindex: info.ifindex,
         hook: if info.hook == hook::TC {
             Hook::Tc
@@ -248,8 +237,7 @@ pub struct Registry {
 impl Registry {
     pub fn open(pins: &Pins) -> Result<Self> {
         pins.require()?;
-        let cpus =
-            aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+        let cpus = sys::possible_cpus()?;
         Ok(Self {
             pins: pins.clone(),
             info: open_map(pins, MAP_ATTACH_INFO)?.try_into()?,
@@ -355,7 +343,7 @@ pub fn attach(
         if point.netns_id != netns_id || point.ifindex != ifindex {
             continue;
         }
-        let link_alive = sys::link_ifindex(&pins.link(point.id)).is_ok_and(|i| i != 0);
+        let link_alive = !sys::link_detached(&pins.link(point.id));
         if link_alive && point.hook == hook_choice && point.is_present() {
             return Ok(AttachReport {
                 point,
@@ -435,8 +423,8 @@ pub fn attach(
         netns_dev: netns_id.dev,
         netns_ino: netns_id.ino,
         attached_at: sys::now_secs(),
-        ifname: c_bytes::<IFNAME_LEN>(&target.iface),
-        netns_path: c_bytes::<NETNS_PATH_LEN>(
+        ifname: to_fixed::<IFNAME_LEN>(&target.iface),
+        netns_path: to_fixed::<NETNS_PATH_LEN>(
             &netns.map(|p| p.display().to_string()).unwrap_or_default(),
         ),
     };

@@ -65,12 +65,8 @@ impl Cidr {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -152,11 +148,11 @@ mod tests {
     #[test]
     fn parses_v4_and_v6() {
         let c = cidr("10.0.0.0/8").unwrap();
-        assert_eq!((c.addr(), c.len()), ("10.0.0.0".parse().unwrap(), 8));
-        assert_eq!(cidr("192.0.2.7").unwrap().len(), 32);
-        assert_eq!(cidr("2001:db8::/32").unwrap().len(), 32);
-        assert_eq!(cidr("::1").unwrap().len(), 128);
-        assert_eq!(cidr("0.0.0.0/0").unwrap().len(), 0);
+        assert_eq!((c.addr(), c.prefix_len()), ("10.0.0.0".parse().unwrap(), 8));
+        assert_eq!(cidr("192.0.2.7").unwrap().prefix_len(), 32);
+        assert_eq!(cidr("2001:db8::/32").unwrap().prefix_len(), 32);
+        assert_eq!(cidr("::1").unwrap().prefix_len(), 128);
+        assert_eq!(cidr("0.0.0.0/0").unwrap().prefix_len(), 0);
         assert_eq!(cidr("::/0").unwrap().to_string(), "::/0");
     }
 

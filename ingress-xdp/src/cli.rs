@@ -272,19 +272,7 @@ fn cmd_run(pins: Pins, args: &RunArgs) -> Result<()> {
         None => FileConfig::default(),
     };
     let mut settings = agent_settings(args, &file, pins);
-    let ifaces = if settings.ifaces.is_empty() {
-        vec![sys::default_route_iface().context("picking the host NIC")?]
-    } else {
-        settings.ifaces
-    };
-    for iface in &ifaces {
-        sys::ifindex(iface).with_context(|| {
-            format!(
-                "--iface {iface}: interface not found (have: {})",
-                sys::interfaces().join(", ")
-            )
-        })?;
-    }
+    let ifaces = host_ifaces(&settings.ifaces)?;
     settings.config.ifaces = ifaces;
     let cfg = settings.config;
     tracing::info!(
@@ -319,24 +307,32 @@ async fn shutdown_signal() {
     }
 }
 
-/// Resolves the attach targets and checks that each exists, before anything
-/// is changed.
-fn resolve_targets(args: &AttachArgs) -> Result<Vec<Target>> {
-    let mut targets = Vec::new();
-    let ifaces = if args.ifaces.is_empty() {
-        vec![sys::default_route_iface().context("picking the host NIC")?]
-    } else {
-        args.ifaces.clone()
-    };
-    for iface in ifaces {
-        sys::ifindex(&iface).with_context(|| {
+/// The host NICs named with --iface (checked to exist), or the one holding
+/// the default route.
+fn host_ifaces(requested: &[String]) -> Result<Vec<String>> {
+    if requested.is_empty() {
+        return Ok(vec![
+            sys::default_route_iface().context("picking the host NIC")?,
+        ]);
+    }
+    for iface in requested {
+        sys::ifindex(iface).with_context(|| {
             format!(
                 "--iface {iface}: interface not found (have: {})",
                 sys::interfaces().join(", ")
             )
         })?;
-        targets.push(Target { netns: None, iface });
     }
+    Ok(requested.to_vec())
+}
+
+/// Resolves the attach targets and checks that each exists, before anything
+/// is changed.
+fn resolve_targets(args: &AttachArgs) -> Result<Vec<Target>> {
+    let mut targets: Vec<Target> = host_ifaces(&args.ifaces)?
+        .into_iter()
+        .map(|iface| Target { netns: None, iface })
+        .collect();
     if args.no_sbox {
         return Ok(targets);
     }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod constraint;
 pub mod docker;
+pub mod fixed;
 pub mod model;
 pub mod pins;
 pub mod policy;

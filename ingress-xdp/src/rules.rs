@@ -23,8 +23,10 @@ use serde::Serialize;
 
 use crate::{
     cidr::Cidr,
+    fixed::{from_fixed, to_fixed},
     pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_RULE_ORIGIN, MAP_RULE_STATS, MAP_RULES, Pins},
     spec::{PortSpec, Protocol},
+    sys,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -144,22 +146,6 @@ fn allow_key_v6(rule: RuleKey, addr: Ipv6Addr, len: u8) -> Key<AllowKeyV6> {
     )
 }
 
-fn fixed_bytes<const N: usize>(text: &str) -> [u8; N] {
-    let mut out = [0u8; N];
-    // Cut on a char boundary so the stored text stays valid UTF-8.
-    let mut n = text.len().min(N - 1);
-    while !text.is_char_boundary(n) {
-        n -= 1;
-    }
-    out[..n].copy_from_slice(&text.as_bytes()[..n]);
-    out
-}
-
-fn text_of(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
 fn is_missing(err: &MapError) -> bool {
     matches!(err, MapError::KeyNotFound)
         || matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
@@ -177,8 +163,7 @@ pub struct RuleTable {
 impl RuleTable {
     pub fn open(pins: &Pins) -> Result<Self> {
         pins.require()?;
-        let cpus =
-            aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+        let cpus = sys::possible_cpus()?;
         Ok(Self {
             rules: open_map(pins, MAP_RULES)?.try_into()?,
             stats: open_map(pins, MAP_RULE_STATS)?.try_into()?,
@@ -223,18 +208,22 @@ impl RuleTable {
         match cidr.addr() {
             IpAddr::V4(a) => self
                 .allow_v4
-                .insert(&allow_key_v4(rule, a, cidr.len()), 1, 0),
+                .insert(&allow_key_v4(rule, a, cidr.prefix_len()), 1, 0),
             IpAddr::V6(a) => self
                 .allow_v6
-                .insert(&allow_key_v6(rule, a, cidr.len()), 1, 0),
+                .insert(&allow_key_v6(rule, a, cidr.prefix_len()), 1, 0),
         }
         .with_context(|| format!("adding {cidr} to the allowlist (is it full?)"))
     }
 
     fn remove_prefix(&mut self, rule: RuleKey, cidr: &Cidr) -> Result<()> {
         let res = match cidr.addr() {
-            IpAddr::V4(a) => self.allow_v4.remove(&allow_key_v4(rule, a, cidr.len())),
-            IpAddr::V6(a) => self.allow_v6.remove(&allow_key_v6(rule, a, cidr.len())),
+            IpAddr::V4(a) => self
+                .allow_v4
+                .remove(&allow_key_v4(rule, a, cidr.prefix_len())),
+            IpAddr::V6(a) => self
+                .allow_v6
+                .remove(&allow_key_v6(rule, a, cidr.prefix_len())),
         };
         match res {
             Err(e) if !is_missing(&e) => {
@@ -340,8 +329,8 @@ impl RuleTable {
                     ..RuleOrigin::default()
                 });
                 origin.docker = action::BLOCK;
-                origin.service = fixed_bytes::<ORIGIN_SERVICE_LEN>(&rule.service);
-                origin.why = fixed_bytes::<ORIGIN_WHY_LEN>(&rule.why);
+                origin.service = to_fixed::<ORIGIN_SERVICE_LEN>(&rule.service);
+                origin.why = to_fixed::<ORIGIN_WHY_LEN>(&rule.why);
                 self.put_origin(key, &origin)?;
                 if origin.manual == action::NONE {
                     self.ensure_counters(key)?;
@@ -388,8 +377,8 @@ impl RuleTable {
                 out.insert(
                     (proto, key.port),
                     DockerRule {
-                        service: text_of(&origin.service),
-                        why: text_of(&origin.why),
+                        service: from_fixed(&origin.service),
+                        why: from_fixed(&origin.why),
                     },
                 );
             }
@@ -430,8 +419,8 @@ impl RuleTable {
                         removal.kept_by_docker.push((
                             PortSpec::single(ps.proto, port),
                             DockerRule {
-                                service: text_of(&origin.service),
-                                why: text_of(&origin.why),
+                                service: from_fixed(&origin.service),
+                                why: from_fixed(&origin.why),
                             },
                         ));
                     }
@@ -489,8 +478,8 @@ impl RuleTable {
                     },
                     Some(o) => Origin {
                         manual: o.manual != action::NONE,
-                        service: (o.docker != action::NONE).then(|| text_of(&o.service)),
-                        why: (o.docker != action::NONE).then(|| text_of(&o.why)),
+                        service: (o.docker != action::NONE).then(|| from_fixed(&o.service)),
+                        why: (o.docker != action::NONE).then(|| from_fixed(&o.why)),
                     },
                 };
                 out.push(RuleEntry {

@@ -288,6 +288,17 @@ pub fn link_ifindex(pin: &Path) -> Result<u32> {
     Ok((info[2] & 0xFFFF_FFFF) as u32)
 }
 
+/// How many values a per-CPU map holds per key (possible CPUs).
+pub fn possible_cpus() -> Result<usize> {
+    aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))
+}
+
+/// True when the pinned link no longer holds an interface, or cannot be
+/// read at all: either way it drops nothing.
+pub fn link_detached(pin: &Path) -> bool {
+    link_ifindex(pin).map_or(true, |ifindex| ifindex == 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
