@@ -39,16 +39,15 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Map, MapData, PerCpuHashMap},
+    maps::MapData,
     programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp},
 };
 use ingress_xdp::{
     cidr::Cidr,
-    pins::{MAP_ATTACH_STATS, MAP_RULE_STATS, PROG_TC, PROG_XDP, load_object},
+    pins::{MAP_ATTACH_STATS, PROG_TC, PROG_XDP, load_object},
     rules::{Mode, RuleSpec, RuleTable},
     spec::{PortSpec, Protocol},
 };
-use ingress_xdp_common::{RuleCounters, RuleKey};
 use proptest::{
     strategy::{Strategy, ValueTree},
     test_runner::{Config, RngAlgorithm, TestRng, TestRunner},
@@ -904,7 +903,6 @@ struct Kernel {
     tc: Vec<Ebpf>,
     rules: RuleTable,
     attach_stats: MapData,
-    rule_stats: PerCpuHashMap<MapData, RuleKey, RuleCounters>,
     cpus: usize,
     /// The rules currently applied, to remove them again.
     applied: Vec<Rule>,
@@ -923,30 +921,24 @@ impl Kernel {
         let mut xdp = Vec::new();
         let mut tc = Vec::new();
         for i in 0..batch {
-            let mut obj = load_object(&pins.pins, i as u32).expect("eBPF object");
+            let mut obj = load_object(&pins.pins.layout_dir(), i as u32).expect("eBPF object");
             let prog: &mut Xdp = obj.program_mut(PROG_XDP).unwrap().try_into().unwrap();
             prog.load().expect("the verifier accepts ingress_xdp");
             xdp.push(obj);
-            let mut obj = load_object(&pins.pins, (batch + i) as u32).expect("eBPF object");
+            let mut obj =
+                load_object(&pins.pins.layout_dir(), (batch + i) as u32).expect("eBPF object");
             let prog: &mut SchedClassifier = obj.program_mut(PROG_TC).unwrap().try_into().unwrap();
             prog.load().expect("the verifier accepts ingress_tc");
             tc.push(obj);
         }
         let rules = RuleTable::open(&pins.pins).expect("rule table");
         let attach_stats = MapData::from_pin(pins.pins.map(MAP_ATTACH_STATS)).expect("stats");
-        let rule_stats = Map::from_map_data(
-            MapData::from_pin(pins.pins.map(MAP_RULE_STATS)).expect("rule stats"),
-        )
-        .expect("rule stats map")
-        .try_into()
-        .expect("per-CPU hash");
         let cpus = aya::util::nr_cpus().expect("possible CPUs");
         let mut k = Self {
             xdp,
             tc,
             rules,
             attach_stats,
-            rule_stats,
             cpus,
             applied: Vec::new(),
             slots: vec![[0; 5]; 2 * batch],
@@ -1090,18 +1082,50 @@ impl Kernel {
         observed
     }
 
-    /// Packets and bytes of every rule counter, summed over CPUs.
+    /// Packets and bytes of every rule counter, summed over CPUs, keyed by
+    /// the first port of the rule (a range shares one counter).
     fn rule_counters(&self) -> BTreeMap<(Proto, u16), (u64, u64)> {
+        let groups = self.port_groups();
         let mut out = BTreeMap::new();
-        for item in self.rule_stats.iter() {
-            let (key, values) = item.expect("iterate RULE_STATS");
-            let (p, b) = values
-                .iter()
-                .fold((0, 0), |(p, b), v| (p + v.packets, b + v.bytes));
-            if p != 0 || b != 0 {
-                out.insert((proto_of_number(key.proto), key.port), (p, b));
+        for e in self.rules.list().expect("list rules") {
+            let key = (proto_of_number(e.proto.number()), e.port);
+            if e.counted && groups.get(&key) == Some(&key) && (e.packets, e.bytes) != (0, 0) {
+                out.insert(key, (e.packets, e.bytes));
             }
         }
+        out
+    }
+
+    /// Each counted port's rule, as its first port: the grouping the
+    /// kernel's counters use.
+    fn port_groups(&self) -> BTreeMap<(Proto, u16), (Proto, u16)> {
+        let mut first_of_counter = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for e in self.rules.list().expect("list rules") {
+            if !e.counted {
+                continue;
+            }
+            let key = (proto_of_number(e.proto.number()), e.port);
+            let first = *first_of_counter.entry(e.counter).or_insert(key);
+            out.insert(key, first);
+        }
+        out
+    }
+
+    /// Per-port expected counts, summed per rule as the kernel counts them.
+    fn by_rule(
+        &self,
+        per_port: &BTreeMap<(Proto, u16), (u64, u64)>,
+    ) -> BTreeMap<(Proto, u16), (u64, u64)> {
+        let groups = self.port_groups();
+        let mut out: BTreeMap<(Proto, u16), (u64, u64)> = BTreeMap::new();
+        for (key, (p, b)) in per_port {
+            let rule = groups.get(key).copied().unwrap_or(*key);
+            let sum = out.entry(rule).or_default();
+            sum.0 += p;
+            sum.1 += b;
+        }
+        out.retain(|_, v| *v != (0, 0));
         out
     }
 }
@@ -1180,7 +1204,7 @@ fn check_one(kernel: &mut Kernel, rules: &Rules, frame: &[u8]) -> Option<String>
     }
     let mut want = BTreeMap::new();
     expected_counts(&mut want, &judgement, frame, &seen);
-    problems.extend(diff_counts(&want, &moved));
+    problems.extend(diff_counts(&kernel.by_rule(&want), &moved));
     (!problems.is_empty()).then(|| problems.join("; "))
 }
 
@@ -1522,7 +1546,7 @@ fn soak(kernel: &mut Kernel, seed: u64, frames: u64) -> Result<Stats, String> {
             }
             epoch_frames.extend(batch);
         }
-        if let Some(problem) = diff_counts(&counts, &kernel.rule_counters()) {
+        if let Some(problem) = diff_counts(&kernel.by_rule(&counts), &kernel.rule_counters()) {
             // Find the frame: replay the epoch one frame at a time.
             kernel.set_rules(&rules);
             for frame in &epoch_frames {

@@ -114,7 +114,8 @@ impl Harness {
     fn new(tag: &str) -> Self {
         let pins = support::TestPins::new(tag);
 
-        let mut xdp = load_object(&pins.pins, XDP_ID).expect("open the eBPF object for XDP");
+        let mut xdp =
+            load_object(&pins.pins.layout_dir(), XDP_ID).expect("open the eBPF object for XDP");
         let prog: &mut Xdp = xdp
             .program_mut(PROG_XDP)
             .expect("ingress_xdp in the object")
@@ -122,7 +123,8 @@ impl Harness {
             .expect("ingress_xdp is an XDP program");
         prog.load().expect("the verifier accepts ingress_xdp");
 
-        let mut tc = load_object(&pins.pins, TC_ID).expect("open the eBPF object for TC");
+        let mut tc =
+            load_object(&pins.pins.layout_dir(), TC_ID).expect("open the eBPF object for TC");
         let prog: &mut SchedClassifier = tc
             .program_mut(PROG_TC)
             .expect("ingress_tc in the object")

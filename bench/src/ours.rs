@@ -47,7 +47,7 @@ impl Ours {
 
     /// Our XDP program, loaded (not attached) with counters at `attach_id`.
     pub fn load_xdp(&self, attach_id: u32) -> Result<Ebpf> {
-        let mut ebpf = load_object(self.pins(), attach_id)?;
+        let mut ebpf = load_object(&self.pins().layout_dir(), attach_id)?;
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_XDP)
             .context("ingress_xdp missing from the object")?
@@ -58,7 +58,7 @@ impl Ours {
 
     /// Our TC classifier, loaded (not attached) with counters at `attach_id`.
     pub fn load_tc(&self, attach_id: u32) -> Result<Ebpf> {
-        let mut ebpf = load_object(self.pins(), attach_id)?;
+        let mut ebpf = load_object(&self.pins().layout_dir(), attach_id)?;
         let prog: &mut SchedClassifier = ebpf
             .program_mut(PROG_TC)
             .context("ingress_tc missing from the object")?

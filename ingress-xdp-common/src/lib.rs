@@ -15,10 +15,23 @@ pub const PROTO_PLANES: u32 = 3;
 /// Entries in the `RULES` array: one per (protocol, port).
 pub const RULE_SLOTS: u32 = PROTO_PLANES * 65536;
 
+/// Version of the pinned state's layout (map types, sizes, value layouts).
+/// Every change to one of them bumps it and ships a migration.
+/// 1: release 0.1.0, maps at the top of the pin directory.
+/// 2: per-rule counters in a per-CPU array, build strings, maps in `v2/`.
+pub const LAYOUT_VERSION: u32 = 2;
+
 /// Attach points one pin directory can hold (host NICs + sbox veths).
 pub const MAX_ATTACH_POINTS: u32 = 64;
-/// Rules that may carry counters at once; ranges count one per port.
-pub const MAX_COUNTED_RULES: u32 = 65536;
+/// Slots of `RULE_COUNTERS`. Slot 0 is the shared sink of rules that have no
+/// counter of their own (the table was full), so the fast path never
+/// branches on "has a counter"; 4,095 rules can be counted.
+pub const MAX_RULE_COUNTERS: u32 = 4096;
+/// The counter slot of an uncounted rule.
+pub const NO_COUNTER: u16 = 0;
+/// Rules that may have an origin entry (one per port the agent or both
+/// owners want).
+pub const MAX_ORIGINS: u32 = 65536;
 /// Source prefixes across all allowlists, per address family.
 pub const MAX_ALLOW_PREFIXES: u32 = 16384;
 
@@ -62,8 +75,9 @@ pub mod rule_flags {
 pub struct Rule {
     pub action: u8,
     pub flags: u8,
-    /// Kept zero; room for the rule's owners without changing the value size.
-    pub reserved: u16,
+    /// Index in `RULE_COUNTERS`; every port of one rule (a range) shares it.
+    /// [`NO_COUNTER`] when the rule is not counted.
+    pub counter: u16,
 }
 
 /// Key of a rule in the hash-keyed maps (counters, allowlists).
@@ -87,8 +101,8 @@ impl RuleKey {
     }
 }
 
-/// Per-CPU packet and byte counts of one rule: drops for `block`, would-be
-/// drops for `audit`.
+/// Per-CPU packet and byte counts of one rule (a `RULE_COUNTERS` slot):
+/// drops for `block`, would-be drops for `audit`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleCounters {
@@ -147,6 +161,10 @@ pub mod xdp_mode {
     pub const GENERIC: u8 = 2;
 }
 
+/// Bytes kept of a build identity ("0.2.0+1a2b3c4d5e6f"): the release and a
+/// digest of the eBPF object, so that two builds of the same programs agree.
+pub const BUILD_LEN: usize = 48;
+
 /// Bytes of an interface name, NUL included (IFNAMSIZ).
 pub const IFNAME_LEN: usize = 16;
 /// Bytes kept of a network namespace path (NUL padded).
@@ -173,6 +191,8 @@ pub struct AttachInfo {
     pub ifname: [u8; IFNAME_LEN],
     /// Empty for the namespace the loader ran in.
     pub netns_path: [u8; NETNS_PATH_LEN],
+    /// Build of the program attached here (NUL padded).
+    pub build: [u8; BUILD_LEN],
 }
 
 impl Default for AttachInfo {
@@ -190,6 +210,32 @@ impl Default for AttachInfo {
             attached_at: 0,
             ifname: [0; IFNAME_LEN],
             netns_path: [0; NETNS_PATH_LEN],
+            build: [0; BUILD_LEN],
+        }
+    }
+}
+
+/// The single slot of `STATE`: what wrote this state (loader-only).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateInfo {
+    /// [`LAYOUT_VERSION`] of the maps beside it.
+    pub layout: u32,
+    /// The layout this state was migrated from, 0 if created fresh.
+    pub migrated_from: u32,
+    /// Seconds since the Unix epoch when the layout was created or migrated.
+    pub created_at: u64,
+    /// Build that created or migrated it (NUL padded).
+    pub build: [u8; BUILD_LEN],
+}
+
+impl Default for StateInfo {
+    fn default() -> Self {
+        Self {
+            layout: 0,
+            migrated_from: 0,
+            created_at: 0,
+            build: [0; BUILD_LEN],
         }
     }
 }
@@ -243,6 +289,7 @@ mod pod {
     unsafe impl aya::Pod for AllowKeyV6 {}
     unsafe impl aya::Pod for AttachInfo {}
     unsafe impl aya::Pod for RuleOrigin {}
+    unsafe impl aya::Pod for StateInfo {}
 }
 
 #[cfg(test)]
@@ -256,7 +303,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<AllowKeyV4>(), 8);
         assert_eq!(core::mem::size_of::<AllowKeyV6>(), 20);
         assert_eq!(core::mem::size_of::<AttachCounters>(), 40);
-        assert_eq!(core::mem::size_of::<AttachInfo>(), 16 + 24 + 16 + 256);
+        assert_eq!(
+            core::mem::size_of::<AttachInfo>(),
+            16 + 24 + 16 + 256 + BUILD_LEN
+        );
+        assert_eq!(core::mem::size_of::<StateInfo>(), 16 + BUILD_LEN);
         assert_eq!(core::mem::size_of::<RuleOrigin>(), 256);
     }
 

@@ -4,6 +4,14 @@
 //! Both programs share the parser and the maps. The loader loads one instance
 //! per attach point with `ATTACH_ID` set, so each attach point has its own
 //! counters while all share one rule table (maps are pinned by name).
+//!
+//! Per-packet memory, the budget the design is held to: a frame with no
+//! port to judge touches the packet and its point's `ATTACH_STATS` line; an
+//! open port adds the rule's 4-byte `RULES` slot; a blocked port adds its
+//! `RULE_COUNTERS` line. Every lookup is into an array, which the verifier
+//! inlines into an address computation (no helper call, no hashing), and
+//! no load depends on a previous map load except the counter's index, read
+//! from the rule slot already in hand.
 #![no_std]
 #![no_main]
 
@@ -12,13 +20,13 @@ mod parse;
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use ingress_xdp_common::{
     ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, MAX_ALLOW_PREFIXES,
-    MAX_ATTACH_POINTS, MAX_COUNTED_RULES, RULE_SLOTS, Rule, RuleCounters, RuleKey, RuleOrigin,
-    action, proto_plane, rule_flags, rule_slot,
+    MAX_ATTACH_POINTS, MAX_ORIGINS, MAX_RULE_COUNTERS, RULE_SLOTS, Rule, RuleCounters, RuleKey,
+    RuleOrigin, StateInfo, action, proto_plane, rule_flags, rule_slot,
 };
 use parse::{Frame, Judgeable, Parsed, Source};
 
@@ -26,13 +34,18 @@ use parse::{Frame, Judgeable, Parsed, Source};
 #[unsafe(no_mangle)]
 static ATTACH_ID: u32 = 0;
 
-#[map]
-static RULES: Array<Rule> = Array::pinned(RULE_SLOTS, 0);
+/// BPF_F_MMAPABLE: the loader reads the whole table from a mapping instead
+/// of 196,608 lookups (`list`, `stats`); the programs' lookups are unchanged.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_NO_PREALLOC: u32 = 1;
 
-// BPF_F_NO_PREALLOC: per-CPU memory only for rules that exist.
 #[map]
-static RULE_STATS: PerCpuHashMap<RuleKey, RuleCounters> =
-    PerCpuHashMap::pinned(MAX_COUNTED_RULES, 1);
+static RULES: Array<Rule> = Array::pinned(RULE_SLOTS, BPF_F_MMAPABLE);
+
+/// One slot per rule as the operator wrote it (a range shares one), indexed
+/// by `Rule::counter`.
+#[map]
+static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::pinned(MAX_RULE_COUNTERS, 0);
 
 #[map]
 static ALLOW_V4: LpmTrie<AllowKeyV4, u8> = LpmTrie::pinned(MAX_ALLOW_PREFIXES, 0);
@@ -50,7 +63,11 @@ static ATTACH_INFO: Array<AttachInfo> = Array::pinned(MAX_ATTACH_POINTS, 0);
 
 /// Who owns each rule (CLI, agent, or both); loader-only, like ATTACH_INFO.
 #[map]
-static RULE_ORIGIN: HashMap<RuleKey, RuleOrigin> = HashMap::pinned(MAX_COUNTED_RULES, 1);
+static RULE_ORIGIN: HashMap<RuleKey, RuleOrigin> = HashMap::pinned(MAX_ORIGINS, BPF_F_NO_PREALLOC);
+
+/// The layout version and the build that wrote it; loader-only.
+#[map]
+static STATE: Array<StateInfo> = Array::pinned(1, 0);
 
 enum Outcome {
     Dropped,
@@ -75,8 +92,9 @@ fn source_allowed(key: RuleKey, source: Source) -> bool {
 }
 
 #[inline(always)]
-fn count_rule(key: RuleKey, bytes: u64) {
-    if let Some(counters) = RULE_STATS.get_ptr_mut(&key) {
+fn count_rule(rule: &Rule, bytes: u64) {
+    // Uncounted rules share slot 0, so this never branches on a flag.
+    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(rule.counter as u32) {
         // SAFETY: per-CPU value of this CPU; no other writer while we run.
         unsafe {
             (*counters).packets += 1;
@@ -94,11 +112,12 @@ fn judge(pkt: Judgeable, bytes: u64) -> Outcome {
         Some(rule) if rule.action != action::NONE => *rule,
         _ => return Outcome::Passed,
     };
-    let key = RuleKey::new(pkt.proto, pkt.dport);
-    if rule.flags & rule_flags::HAS_ALLOWLIST != 0 && source_allowed(key, pkt.source) {
+    if rule.flags & rule_flags::HAS_ALLOWLIST != 0
+        && source_allowed(RuleKey::new(pkt.proto, pkt.dport), pkt.source)
+    {
         return Outcome::Allowed;
     }
-    count_rule(key, bytes);
+    count_rule(&rule, bytes);
     if rule.action == action::BLOCK {
         Outcome::Dropped
     } else {
@@ -124,9 +143,11 @@ fn record(outcome: &Outcome) {
     }
 }
 
+/// `offloaded_tags`: VLAN tags the kernel already took out of the frame
+/// (TC only), which count against the same limit as the tags still in it.
 #[inline(always)]
-fn classify(frame: &Frame, bytes: u64) -> Outcome {
-    match parse::parse(frame) {
+fn classify(frame: &Frame, offloaded_tags: usize, bytes: u64) -> Outcome {
+    match parse::parse(frame, offloaded_tags) {
         Ok(Parsed::Port(pkt)) => judge(pkt, bytes),
         Ok(Parsed::NoPort) => Outcome::Passed,
         Err(_) => Outcome::NotParsed,
@@ -136,7 +157,7 @@ fn classify(frame: &Frame, bytes: u64) -> Outcome {
 #[xdp]
 pub fn ingress_xdp(ctx: XdpContext) -> u32 {
     let frame = Frame::new(ctx.data(), ctx.data_end());
-    let outcome = classify(&frame, (ctx.data_end() - ctx.data()) as u64);
+    let outcome = classify(&frame, 0, (ctx.data_end() - ctx.data()) as u64);
     record(&outcome);
     match outcome {
         Outcome::Dropped => xdp_action::XDP_DROP,
@@ -150,14 +171,27 @@ const TC_PULL_LEN: u32 = 512;
 #[classifier]
 pub fn ingress_tc(ctx: TcContext) -> i32 {
     let bytes = ctx.len();
-    let mut outcome = classify(&Frame::new(ctx.data(), ctx.data_end()), bytes as u64);
+    // Before TCX runs the kernel moves the outer VLAN tag into the skb's
+    // metadata; XDP sees it in the frame. Counting it keeps "at most two
+    // tags" the same on both hooks.
+    // SAFETY: the context's __sk_buff is valid for the program's run.
+    let offloaded = unsafe { (*ctx.skb.skb).vlan_present } as usize & 1;
+    let mut outcome = classify(
+        &Frame::new(ctx.data(), ctx.data_end()),
+        offloaded,
+        bytes as u64,
+    );
     // An skb may hold its headers outside the linear area; only then pay for a
     // pull, and parse again.
     if matches!(outcome, Outcome::NotParsed)
         && (bytes as usize) > ctx.data_end() - ctx.data()
         && ctx.pull_data(bytes.min(TC_PULL_LEN)).is_ok()
     {
-        outcome = classify(&Frame::new(ctx.data(), ctx.data_end()), bytes as u64);
+        outcome = classify(
+            &Frame::new(ctx.data(), ctx.data_end()),
+            offloaded,
+            bytes as u64,
+        );
     }
     record(&outcome);
     match outcome {

@@ -8,7 +8,8 @@
 //! because it misread it.
 //!
 //! Semantics (the reference parser in the tests follows the same rules):
-//! - Ethernet, then at most [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags; a deeper
+//! - Ethernet, then at most [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags, counting
+//!   a tag the kernel already moved into the skb's metadata (TC); a deeper
 //!   stack is `Malformed`.
 //! - IPv4: version 4, IHL >= 5, total length covering the header; options are
 //!   skipped. IPv6: version 6; hop-by-hop, routing, destination options,
@@ -117,15 +118,17 @@ fn dport_at(frame: &Frame, offset: usize) -> Result<u16, Malformed> {
     Ok(u16::from_be_bytes([ports[2], ports[3]]))
 }
 
+/// `offloaded_tags`: tags no longer in the frame (0 or 1) that still count
+/// against [`MAX_VLAN_TAGS`].
 #[inline(always)]
-pub fn parse(frame: &Frame) -> Result<Parsed, Malformed> {
+pub fn parse(frame: &Frame, offloaded_tags: usize) -> Result<Parsed, Malformed> {
     let eth: *const EthHdr = frame.at(0)?;
     // SAFETY: bounds checked by `at`; all header fields are byte arrays or
     // unaligned-safe reads of packed network data.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let mut offset = EthHdr::LEN;
-    for _ in 0..MAX_VLAN_TAGS {
-        if !is_vlan(ether_type) {
+    for tag in 0..MAX_VLAN_TAGS {
+        if tag + offloaded_tags >= MAX_VLAN_TAGS || !is_vlan(ether_type) {
             break;
         }
         let vlan: *const VlanHdr = frame.at(offset)?;

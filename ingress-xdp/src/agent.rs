@@ -26,6 +26,7 @@ use crate::{
     reconcile::{Change, PortKey, plan},
     rules::{DockerRule, RuleTable},
     sys::{self, NetnsId},
+    upgrade,
 };
 
 /// Everything the agent needs, after flags and the policy file are merged.
@@ -98,10 +99,14 @@ impl Agent {
         }
     }
 
-    /// Attaches to the host NICs (errors are fatal: the operator named them).
+    /// Migrates an older state in place, then attaches to the host NICs
+    /// (errors are fatal: the operator named them).
     pub fn attach_host(&self) -> Result<()> {
         let pins = &self.cfg.pins;
-        pins.create()?;
+        let prepared = upgrade::prepare(pins)?;
+        for line in crate::cli::describe_prepared(pins, &prepared) {
+            tracing::info!("{line}");
+        }
         let _lock = pins.lock()?;
         for iface in &self.cfg.ifaces {
             let target = Target {
@@ -110,9 +115,7 @@ impl Agent {
             };
             let report = attach::attach(pins, &target, self.cfg.hook, self.cfg.xdp_mode)
                 .with_context(|| format!("attaching to {target}"))?;
-            if !report.already {
-                tracing::info!("attached {target} ({})", report.point.hook);
-            }
+            log_attach(&target, &report);
         }
         Ok(())
     }
@@ -148,14 +151,7 @@ impl Agent {
                 self.sbox = Some(id);
                 self.sbox_point = Some(report.point.id);
                 self.sbox_pending = None;
-                if !report.already {
-                    tracing::info!(
-                        "attached {} in {} ({})",
-                        report.point.iface,
-                        path.display(),
-                        report.point.hook
-                    );
-                }
+                log_attach(&report.point.target(), &report);
                 self.forget_gone();
             }
             Err(e) => {
@@ -334,7 +330,7 @@ impl Agent {
                 }
             }
         }
-        Ok(())
+        table.normalize()
     }
 
     fn docker_failed(&mut self, err: &anyhow::Error) {
@@ -426,6 +422,19 @@ impl Agent {
                 () = tokio::time::sleep(retry_in), if dirty => {}
             }
         }
+    }
+}
+
+fn log_attach(target: &Target, report: &attach::AttachReport) {
+    match &report.upgraded_from {
+        Some(from) => tracing::info!(
+            "upgraded {target} ({}) in place: build {from} -> {}, program {}",
+            report.point.hook,
+            report.point.build,
+            report.point.program_id
+        ),
+        None if !report.already => tracing::info!("attached {target} ({})", report.point.hook),
+        None => {}
     }
 }
 

@@ -1,26 +1,31 @@
 //! Attach points: loading one program instance per interface, attaching it
-//! (inside another network namespace when asked), pinning its link, and the
-//! `ATTACH_INFO` / `ATTACH_STATS` registry that describes them afterwards.
+//! (inside another network namespace when asked), pinning its link, swapping
+//! a newer build's program into that link in place, and the `ATTACH_INFO` /
+//! `ATTACH_STATS` registry that describes them afterwards.
 
 use std::{
     fmt,
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
 use aya::{
+    Ebpf,
     maps::{Array, MapData, PerCpuArray, PerCpuValues},
     programs::{SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink},
 };
 use ingress_xdp_common::{
-    AttachCounters, AttachInfo, IFNAME_LEN, MAX_ATTACH_POINTS, NETNS_PATH_LEN, hook, xdp_mode,
+    AttachCounters, AttachInfo, BUILD_LEN, IFNAME_LEN, MAX_ATTACH_POINTS, NETNS_PATH_LEN, hook,
+    xdp_mode,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    bpf,
     fixed::{from_fixed, to_fixed},
     pins::{self, MAP_ATTACH_INFO, MAP_ATTACH_STATS, PROG_TC, PROG_XDP, Pins},
-    rules::open_map,
+    rules::open_map_at,
     sys::{self, NetnsId},
 };
 
@@ -98,6 +103,8 @@ pub struct AttachPoint {
     pub program_id: u32,
     pub link_id: u32,
     pub attached_at: u64,
+    /// Build of the program running here ([`pins::build`] of its loader).
+    pub build: String,
     #[serde(skip)]
     netns_id: NetnsId,
     #[serde(skip)]
@@ -181,11 +188,7 @@ fn decode(pins: &Pins, id: u32, info: &AttachInfo) -> Option<AttachPoint> {
         netns: (!netns.is_empty()).then_some(netns),
         iface: from_fixed(&info.ifname),
         ifindex: info.ifindex,
-        hook: if info.hook == hook::TC {
-            Hook::Tc
-        } else {
-            Hook::Xdp
-        },
+        hook: hook_of(info),
         mode: match info.xdp_mode {
             xdp_mode::NATIVE => Some(AttachedMode::Native),
             xdp_mode::GENERIC => Some(AttachedMode::Generic),
@@ -194,6 +197,7 @@ fn decode(pins: &Pins, id: u32, info: &AttachInfo) -> Option<AttachPoint> {
         program_id: info.prog_id,
         link_id: info.link_id,
         attached_at: info.attached_at,
+        build: from_fixed(&info.build),
         netns_id: NetnsId {
             dev: info.netns_dev,
             ino: info.netns_ino,
@@ -237,11 +241,17 @@ pub struct Registry {
 impl Registry {
     pub fn open(pins: &Pins) -> Result<Self> {
         pins.require()?;
+        Self::open_dir(pins, &pins.layout_dir())
+    }
+
+    /// The registry whose maps are pinned in `dir` (a layout a migration is
+    /// building, or the current one).
+    pub fn open_dir(pins: &Pins, dir: &Path) -> Result<Self> {
         let cpus = sys::possible_cpus()?;
         Ok(Self {
             pins: pins.clone(),
-            info: open_map(pins, MAP_ATTACH_INFO)?.try_into()?,
-            stats: open_map(pins, MAP_ATTACH_STATS)?.try_into()?,
+            info: open_map_at(&dir.join(MAP_ATTACH_INFO))?.try_into()?,
+            stats: open_map_at(&dir.join(MAP_ATTACH_STATS))?.try_into()?,
             cpus,
         })
     }
@@ -249,10 +259,37 @@ impl Registry {
     pub fn points(&self) -> Result<Vec<AttachPoint>> {
         let mut out = Vec::new();
         for id in 0..MAX_ATTACH_POINTS {
-            let info = self.info.get(&id, 0).context("reading ATTACH_INFO")?;
-            out.extend(decode(&self.pins, id, &info));
+            out.extend(decode(&self.pins, id, &self.info(id)?));
         }
         Ok(out)
+    }
+
+    pub fn info(&self, id: u32) -> Result<AttachInfo> {
+        self.info
+            .get(&id, 0)
+            .with_context(|| format!("reading ATTACH_INFO slot {id}"))
+    }
+
+    pub(crate) fn set_info(&mut self, id: u32, info: AttachInfo) -> Result<()> {
+        self.info
+            .set(id, info, 0)
+            .with_context(|| format!("writing ATTACH_INFO slot {id}"))
+    }
+
+    /// A point's per-CPU buckets (a migration carries them over).
+    pub(crate) fn buckets(&self, id: u32) -> Result<Vec<AttachCounters>> {
+        let values = self
+            .stats
+            .get(&id, 0)
+            .with_context(|| format!("reading ATTACH_STATS slot {id}"))?;
+        Ok(values.iter().copied().collect())
+    }
+
+    pub(crate) fn set_buckets(&mut self, id: u32, per_cpu: &[AttachCounters]) -> Result<()> {
+        let values = PerCpuValues::try_from(per_cpu.to_vec()).context("building counters")?;
+        self.stats
+            .set(id, values, 0)
+            .with_context(|| format!("writing ATTACH_STATS slot {id}"))
     }
 
     pub fn counters(&self, id: u32) -> Result<PointCounters> {
@@ -269,7 +306,7 @@ impl Registry {
         Ok(PointCounters::from_buckets(&sum))
     }
 
-    fn clear(&mut self, id: u32) -> Result<()> {
+    pub(crate) fn clear(&mut self, id: u32) -> Result<()> {
         self.info
             .set(id, AttachInfo::default(), 0)
             .context("clearing ATTACH_INFO")?;
@@ -292,8 +329,65 @@ impl Registry {
 #[derive(Clone, Debug, Serialize)]
 pub struct AttachReport {
     pub point: AttachPoint,
-    /// True when it was attached already and nothing changed.
+    /// True when it was attached already, by this build, and nothing changed.
     pub already: bool,
+    /// The build whose program this one replaced in place, if any.
+    pub upgraded_from: Option<String>,
+}
+
+/// Loads this build's program for attach point `id` (the object's maps bound
+/// to `maps_dir`), ready to attach or to swap into a link.
+pub fn load_program(maps_dir: &Path, id: u32, hook_choice: Hook) -> Result<Ebpf> {
+    let mut ebpf = pins::load_object(maps_dir, id)?;
+    let loaded = match hook_choice {
+        Hook::Xdp => {
+            let prog: &mut Xdp = ebpf
+                .program_mut(PROG_XDP)
+                .context("XDP program missing from the eBPF object")?
+                .try_into()?;
+            prog.load()
+        }
+        Hook::Tc => {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(PROG_TC)
+                .context("TC program missing from the eBPF object")?
+                .try_into()?;
+            prog.load()
+        }
+    };
+    loaded
+        .map_err(|e| pins::explain_bpf_refusal(e.into()))
+        .with_context(|| format!("loading the {hook_choice} program (BPF_PROG_LOAD)"))?;
+    Ok(ebpf)
+}
+
+/// The kernel fd of the program [`load_program`] loaded.
+pub fn program_fd(ebpf: &Ebpf, hook_choice: Hook) -> Result<std::os::fd::BorrowedFd<'_>> {
+    let name = match hook_choice {
+        Hook::Xdp => PROG_XDP,
+        Hook::Tc => PROG_TC,
+    };
+    let prog = ebpf
+        .program(name)
+        .with_context(|| format!("{name} missing from the eBPF object"))?;
+    Ok(prog.fd().context("the program is not loaded")?.as_fd())
+}
+
+/// Puts `ebpf`'s program on the pinned link of point `id`, atomically
+/// (BPF_LINK_UPDATE: the interface is never without a program), and returns
+/// the id of the program that now runs there.
+pub fn swap_program(pins: &Pins, id: u32, ebpf: &Ebpf, hook_choice: Hook) -> Result<u32> {
+    let link = pins.link(id);
+    bpf::link_update(&link, program_fd(ebpf, hook_choice)?, None)?;
+    Ok(bpf::pinned_link_info(&link)?.prog_id)
+}
+
+fn hook_of(info: &AttachInfo) -> Hook {
+    if info.hook == hook::TC {
+        Hook::Tc
+    } else {
+        Hook::Xdp
+    }
 }
 
 fn attach_xdp(
@@ -345,10 +439,14 @@ pub fn attach(
         }
         let link_alive = !sys::link_detached(&pins.link(point.id));
         if link_alive && point.hook == hook_choice && point.is_present() {
-            return Ok(AttachReport {
-                point,
-                already: true,
-            });
+            if point.build == pins::build() {
+                return Ok(AttachReport {
+                    point,
+                    already: true,
+                    upgraded_from: None,
+                });
+            }
+            return upgrade_point(pins, &mut registry, point);
         }
         if link_alive && point.is_present() {
             bail!(
@@ -362,7 +460,7 @@ pub fn attach(
     }
 
     let id = registry.free_slot()?;
-    let mut ebpf = pins::load_object(pins, id)?;
+    let mut ebpf = load_program(&pins.layout_dir(), id, hook_choice)?;
     // Counters of an earlier attach point in this slot must not leak in.
     registry.clear(id)?;
 
@@ -372,9 +470,6 @@ pub fn attach(
                 .program_mut(PROG_XDP)
                 .context("XDP program missing from the eBPF object")?
                 .try_into()?;
-            prog.load()
-                .map_err(|e| pins::explain_bpf_refusal(e.into()))
-                .context("loading the XDP program (BPF_PROG_LOAD)")?;
             let (link, mode) =
                 sys::in_netns(netns, || attach_xdp(prog, &target.iface, mode_choice))?;
             (link, Some(mode))
@@ -384,9 +479,6 @@ pub fn attach(
                 .program_mut(PROG_TC)
                 .context("TC program missing from the eBPF object")?
                 .try_into()?;
-            prog.load()
-                .map_err(|e| pins::explain_bpf_refusal(e.into()))
-                .context("loading the TC program (BPF_PROG_LOAD)")?;
             let link = sys::in_netns(netns, || {
                 let id = prog
                     .attach(&target.iface, TcAttachType::Ingress)
@@ -427,15 +519,33 @@ pub fn attach(
         netns_path: to_fixed::<NETNS_PATH_LEN>(
             &netns.map(|p| p.display().to_string()).unwrap_or_default(),
         ),
+        build: to_fixed::<BUILD_LEN>(pins::build()),
     };
     registry
-        .info
-        .set(id, info, 0)
+        .set_info(id, info)
         .context("recording the attach point in ATTACH_INFO")?;
     let point = decode(pins, id, &info).context("decoding the new attach point")?;
     Ok(AttachReport {
         point,
         already: false,
+        upgraded_from: None,
+    })
+}
+
+/// Replaces an older build's program on `point` with this build's, in place.
+fn upgrade_point(pins: &Pins, registry: &mut Registry, point: AttachPoint) -> Result<AttachReport> {
+    let mut info = registry.info(point.id)?;
+    let ebpf = load_program(&pins.layout_dir(), point.id, hook_of(&info))?;
+    let prog_id = swap_program(pins, point.id, &ebpf, hook_of(&info))
+        .with_context(|| format!("upgrading the program on {}", point.target()))?;
+    info.prog_id = prog_id;
+    info.build = to_fixed::<BUILD_LEN>(pins::build());
+    registry.set_info(point.id, info)?;
+    let upgraded = decode(pins, point.id, &info).context("decoding the upgraded attach point")?;
+    Ok(AttachReport {
+        point: upgraded,
+        already: false,
+        upgraded_from: Some(point.build),
     })
 }
 
@@ -478,15 +588,9 @@ pub fn forget_gone(pins: &Pins) -> Result<Vec<AttachPoint>> {
 
 /// Removes the maps and the directory too (`detach --purge`).
 pub fn purge(pins: &Pins) -> Result<()> {
-    for name in pins::ALL_MAPS {
-        let path = pins.map(name);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("unpinning {}", path.display()));
-            }
-            _ => {}
-        }
-    }
+    pins::remove_map_dir(&pins.layout_dir())?;
+    pins::remove_map_dir(&pins.staging_dir())?;
+    crate::upgrade::remove_layout_1_maps(pins)?;
     let links = pins.links_dir();
     if links.exists() {
         std::fs::remove_dir(&links).with_context(|| format!("removing {}", links.display()))?;

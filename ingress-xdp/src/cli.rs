@@ -13,11 +13,11 @@ use crate::{
     cidr::Cidr,
     config::FileConfig,
     docker::DEFAULT_LOCAL_DOCKER,
-    pins::{DEFAULT_PIN_DIR, Pins},
+    pins::{self, DEFAULT_PIN_DIR, Pins},
     policy::{NamePattern, NodeDefault, PolicySettings},
-    rules::{Mode, RuleRange, RuleSpec, RuleTable, fold_ranges},
+    rules::{Mode, RuleRange, RuleSpec, RuleTable},
     spec::PortSpec,
-    sys,
+    sys, upgrade,
 };
 
 /// Drop Docker Swarm routing-mesh traffic to chosen published ports on this
@@ -42,8 +42,11 @@ pub struct Cli {
 pub enum Command {
     /// Attach the filter to the host NIC(s) and to ingress_sbox (idempotent).
     ///
-    /// Attaching a point that is already attached changes nothing; the rules
-    /// in the pinned map apply at once.
+    /// Attaching a point that this build already attached changes nothing;
+    /// the rules in the pinned map apply at once. A point that an older
+    /// build attached gets this build's program swapped into its link in
+    /// place (never a moment without a program), and an older state layout
+    /// is migrated first, every rule, allowlist and owner carried over.
     /// Examples:
     ///   ingress-xdp attach                       # default-route NIC + ingress_sbox/eth1
     ///   ingress-xdp attach --iface eth0 --iface eth1 --hook tc
@@ -382,10 +385,38 @@ fn resolve_targets(args: &AttachArgs) -> Result<Vec<Target>> {
     Ok(targets)
 }
 
+/// Says what [`upgrade::prepare`] did, for `attach` and the agent's log.
+pub fn describe_prepared(pins: &Pins, prepared: &upgrade::Prepared) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(from) = prepared.migrated_from {
+        lines.push(format!(
+            "migrated {} from layout {from} to layout {}: every rule, mode, allowlist and owner carried over; counters carried over",
+            pins.dir().display(),
+            ingress_xdp_common::LAYOUT_VERSION
+        ));
+    }
+    for u in &prepared.upgraded {
+        lines.push(format!(
+            "upgraded {}: {}, program {} (build {}) -> {} (build {}), in place",
+            u.point.target(),
+            u.point.hook,
+            u.from_program,
+            u.from_build,
+            u.point.program_id,
+            u.point.build
+        ));
+    }
+    lines.extend(prepared.notes.iter().map(|n| format!("note: {n}")));
+    lines
+}
+
 fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
     sys::require_root()?;
     let targets = resolve_targets(&args)?;
-    pins.create()?;
+    let prepared = upgrade::prepare(pins)?;
+    for line in describe_prepared(pins, &prepared) {
+        println!("{line}");
+    }
     let _lock = pins.lock()?;
     for target in &targets {
         let report = attach::attach(
@@ -397,7 +428,15 @@ fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
         .with_context(|| format!("attaching to {target}"))?;
         let p = &report.point;
         let mode = p.mode.map(|m| format!(" ({m})")).unwrap_or_default();
-        if report.already {
+        let just_upgraded = prepared.upgraded.iter().any(|u| u.point.id == p.id);
+        if let Some(from) = &report.upgraded_from {
+            println!(
+                "upgraded {target}: {}{mode}, program {} (build {from} -> {}), in place",
+                p.hook, p.program_id, p.build
+            );
+        } else if just_upgraded {
+            // Said above, with the migration.
+        } else if report.already {
             println!(
                 "already attached: {target}: {}{mode}, program {}",
                 p.hook, p.program_id
@@ -409,9 +448,9 @@ fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
             );
         }
     }
-    let rules = RuleTable::open(pins)?.list()?;
+    let rules = RuleTable::open(pins)?.ranges()?;
     println!(
-        "{} port rule(s) active; pinned in {}",
+        "{} rule(s) active; pinned in {}",
         rules.len(),
         pins.dir().display()
     );
@@ -420,6 +459,9 @@ fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
 
 fn cmd_detach(pins: &Pins, purge: bool) -> Result<()> {
     sys::require_root()?;
+    if let pins::Found::Newer(v) = pins.found() {
+        return Err(pins::newer_layout(pins.dir(), v));
+    }
     pins.require()?;
     let lock = pins.lock()?;
     let points = attach::detach_all(pins)?;
@@ -434,10 +476,8 @@ fn cmd_detach(pins: &Pins, purge: bool) -> Result<()> {
         attach::purge(pins)?;
         println!("removed rules and {}", pins.dir().display());
     } else {
-        let n = RuleTable::open(pins)?.list()?.len();
-        println!(
-            "{n} port rule(s) kept (they apply again on attach; `detach --purge` removes them)"
-        );
+        let n = RuleTable::open(pins)?.ranges()?.len();
+        println!("{n} rule(s) kept (they apply again on attach; `detach --purge` removes them)");
     }
     Ok(())
 }
@@ -511,8 +551,7 @@ fn write_json<T: Serialize>(value: &T) -> Result<()> {
 
 fn cmd_list(pins: &Pins, json: bool) -> Result<()> {
     sys::require_root()?;
-    let entries = RuleTable::open(pins)?.list()?;
-    let ranges = fold_ranges(&entries);
+    let ranges = RuleTable::open(pins)?.ranges()?;
     if json {
         return write_json(&serde_json::json!({ "rules": ranges }));
     }
@@ -528,6 +567,7 @@ pub fn render_rules(ranges: &[RuleRange]) -> String {
         "{:<18} {:<6} {:>12} {:>14}  {:<20} ORIGIN\n",
         "PORT", "MODE", "PACKETS", "BYTES", "ALLOW-FROM"
     );
+    let mut uncounted = 0;
     for r in ranges {
         let allow: Vec<String> = r.allow_from.iter().map(|c| c.to_string()).collect();
         let mode = match r.mode {
@@ -539,14 +579,26 @@ pub fn render_rules(ranges: &[RuleRange]) -> String {
         } else {
             allow.join(",")
         };
+        let (packets, bytes) = if r.counted {
+            (r.packets.to_string(), r.bytes.to_string())
+        } else {
+            uncounted += 1;
+            ("-".to_string(), "-".to_string())
+        };
         out += &format!(
             "{:<18} {:<6} {:>12} {:>14}  {:<20} {}\n",
             r.spec().to_string(),
             mode,
-            r.packets,
-            r.bytes,
+            packets,
+            bytes,
             allow,
             r.origin
+        );
+    }
+    if uncounted > 0 {
+        out += &format!(
+            "{uncounted} rule(s) shown with '-' have no counter (all {} counters were in use when they were made); they block all the same\n",
+            ingress_xdp_common::MAX_RULE_COUNTERS - 1
         );
     }
     out
@@ -576,7 +628,7 @@ fn collect_stats(pins: &Pins) -> Result<StatsDoc> {
             point,
         });
     }
-    let rules = fold_ranges(&RuleTable::open(pins)?.list()?);
+    let rules = RuleTable::open(pins)?.ranges()?;
     Ok(StatsDoc {
         attach_points,
         rules,
@@ -674,9 +726,17 @@ fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
             .collect();
         return write_json(&serde_json::json!({
             "pin_dir": pins.dir(),
+            "layout": ingress_xdp_common::LAYOUT_VERSION,
+            "build": pins::build(),
             "attach_points": docs,
         }));
     }
+    println!(
+        "state layout {} in {}; this build {}",
+        ingress_xdp_common::LAYOUT_VERSION,
+        pins.dir().display(),
+        pins::build()
+    );
     if points.is_empty() {
         println!(
             "nothing attached (rules are kept in {})",
@@ -685,12 +745,17 @@ fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  STATE",
-        "ID", "NETNS", "IFACE", "HOOK", "MODE", "PROG", "LINK"
+        "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {:<20} STATE",
+        "ID", "NETNS", "IFACE", "HOOK", "MODE", "PROG", "LINK", "BUILD"
     );
     for p in points {
+        let build = if p.build == pins::build() {
+            p.build.clone()
+        } else {
+            format!("{} (older: run attach)", p.build)
+        };
         println!(
-            "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {}",
+            "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {:<20} {}",
             p.id,
             p.netns.as_deref().unwrap_or("(host)"),
             p.iface,
@@ -698,6 +763,7 @@ fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
             p.mode.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
             p.program_id,
             p.link_id,
+            build,
             p.presence()
         );
     }

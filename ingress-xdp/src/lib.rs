@@ -1,12 +1,14 @@
 //! ingress-xdp: per-node drops of Docker Swarm routing-mesh ports.
 //!
 //! The binary is a thin layer over this library: [`pins`] names the pinned
-//! state, [`rules`] is the typed rule table, [`attach`] loads and attaches the
-//! programs, [`spec`] and [`cidr`] parse operator input, [`sys`] holds the raw
-//! syscalls, and [`cli`] wires them to the command line.
+//! state and its layout, [`rules`] is the typed rule table, [`attach`] loads,
+//! attaches and swaps the programs, [`upgrade`] migrates an older layout in
+//! place, [`spec`] and [`cidr`] parse operator input, [`sys`] and [`bpf`] hold
+//! the raw syscalls, and [`cli`] wires them to the command line.
 
 pub mod agent;
 pub mod attach;
+pub mod bpf;
 pub mod cidr;
 pub mod cli;
 pub mod config;
@@ -20,6 +22,7 @@ pub mod reconcile;
 pub mod rules;
 pub mod spec;
 pub mod sys;
+pub mod upgrade;
 
 /// The compiled eBPF object (XDP + TC programs and their maps), built by
 /// build.rs from the `ingress-xdp-ebpf` crate.

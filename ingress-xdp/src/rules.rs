@@ -1,30 +1,42 @@
-//! The rule table: a typed view of the pinned `RULES`, `RULE_STATS` and
-//! allowlist maps.
+//! The rule table: a typed view of the pinned `RULES`, `RULE_COUNTERS`,
+//! `RULE_ORIGIN` and allowlist maps.
 //!
 //! Changes are ordered so that a port that stays blocked is never open in
 //! between: a new allowlist is filled before the rule points at it, and old
 //! prefixes go only after the rule stopped using them.
+//!
+//! Each rule as the operator sees it (one `block` spec, a range included, or
+//! one port the agent blocks) has one counter slot, shared by its ports'
+//! `RULES` entries. Slots are allocated and freed under the pin lock by
+//! looking at which ones the rule table still uses; a full counter table
+//! leaves the rule uncounted (slot 0), never unenforced. Reads go through a
+//! mapping of `RULES` and batched lookups, so listing costs a few syscalls
+//! whatever the number of rules.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
 };
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues,
+    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
     lpm_trie::{Key, LpmTrie},
 };
 use ingress_xdp_common::{
-    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, ORIGIN_SERVICE_LEN, ORIGIN_WHY_LEN, Rule,
-    RuleCounters, RuleKey, RuleOrigin, action, proto_plane, rule_flags, rule_slot,
+    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, MAX_ORIGINS, MAX_RULE_COUNTERS, NO_COUNTER,
+    ORIGIN_SERVICE_LEN, ORIGIN_WHY_LEN, RULE_SLOTS, Rule, RuleCounters, RuleKey, RuleOrigin,
+    action, proto_plane, rule_flags, rule_slot,
 };
 use serde::Serialize;
 
 use crate::{
+    bpf::{self, MappedArray},
     cidr::Cidr,
     fixed::{from_fixed, to_fixed},
-    pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_RULE_ORIGIN, MAP_RULE_STATS, MAP_RULES, Pins},
+    pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_RULE_COUNTERS, MAP_RULE_ORIGIN, MAP_RULES, Pins},
     spec::{PortSpec, Protocol},
     sys,
 };
@@ -98,21 +110,27 @@ pub struct DockerRule {
     pub why: String,
 }
 
-/// One rule as read back from the maps.
+/// One port's rule as read back from the maps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuleEntry {
     pub proto: Protocol,
     pub port: u16,
     pub mode: Mode,
     pub allow_from: Vec<Cidr>,
+    /// False when the counter table was full as the rule was made.
+    pub counted: bool,
+    /// Packets and bytes of the whole rule this port belongs to (a range
+    /// shares one counter): do not add them up over a range's ports.
     pub packets: u64,
     pub bytes: u64,
     pub origin: Origin,
+    /// The rule's counter slot ([`NO_COUNTER`] when uncounted).
+    #[serde(skip)]
+    pub counter: u16,
 }
 
-pub(crate) fn open_map(pins: &Pins, name: &str) -> Result<Map> {
-    let path = pins.map(name);
-    let data = MapData::from_pin(&path)
+pub(crate) fn open_map_at(path: &Path) -> Result<Map> {
+    let data = MapData::from_pin(path)
         .with_context(|| format!("opening pinned map {}", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("map {}", path.display()))
 }
@@ -146,44 +164,140 @@ fn allow_key_v6(rule: RuleKey, addr: Ipv6Addr, len: u8) -> Key<AllowKeyV6> {
     )
 }
 
-fn is_missing(err: &MapError) -> bool {
+pub(crate) fn is_missing(err: &MapError) -> bool {
     matches!(err, MapError::KeyNotFound)
         || matches!(err, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
 pub struct RuleTable {
     rules: Array<MapData, Rule>,
-    stats: PerCpuHashMap<MapData, RuleKey, RuleCounters>,
+    /// The same `RULES`, mapped: reads without a syscall per slot.
+    view: MappedArray,
+    counters: PerCpuArray<MapData, RuleCounters>,
     allow_v4: LpmTrie<MapData, AllowKeyV4, u8>,
     allow_v6: LpmTrie<MapData, AllowKeyV6, u8>,
     origins: HashMap<MapData, RuleKey, RuleOrigin>,
+    /// Own fds of the maps read in batches (the typed maps keep theirs).
+    counters_fd: OwnedFd,
+    origins_fd: OwnedFd,
     cpus: usize,
+    /// Warned once per table that counters ran out.
+    warned_full: bool,
 }
+
+/// What a counter slot is shared by: ports next to each other with equal
+/// rules and owners. A slot used by two such runs is split.
+type Group = (u8, u8, Option<RuleOrigin>);
 
 impl RuleTable {
     pub fn open(pins: &Pins) -> Result<Self> {
         pins.require()?;
+        Self::open_dir(&pins.layout_dir())
+    }
+
+    /// The table whose maps are pinned in `dir` (a layout being built by a
+    /// migration, or the current one).
+    pub fn open_dir(dir: &Path) -> Result<Self> {
         let cpus = sys::possible_cpus()?;
+        let view = MappedArray::new(
+            bpf::obj_get(&dir.join(MAP_RULES))?.as_fd(),
+            size_of::<Rule>(),
+            RULE_SLOTS as usize,
+            "RULES",
+        )?;
         Ok(Self {
-            rules: open_map(pins, MAP_RULES)?.try_into()?,
-            stats: open_map(pins, MAP_RULE_STATS)?.try_into()?,
-            allow_v4: open_map(pins, MAP_ALLOW_V4)?.try_into()?,
-            allow_v6: open_map(pins, MAP_ALLOW_V6)?.try_into()?,
-            origins: open_map(pins, MAP_RULE_ORIGIN)?.try_into()?,
+            rules: open_map_at(&dir.join(MAP_RULES))?.try_into()?,
+            view,
+            counters: open_map_at(&dir.join(MAP_RULE_COUNTERS))?.try_into()?,
+            allow_v4: open_map_at(&dir.join(MAP_ALLOW_V4))?.try_into()?,
+            allow_v6: open_map_at(&dir.join(MAP_ALLOW_V6))?.try_into()?,
+            origins: open_map_at(&dir.join(MAP_RULE_ORIGIN))?.try_into()?,
+            counters_fd: bpf::obj_get(&dir.join(MAP_RULE_COUNTERS))?,
+            origins_fd: bpf::obj_get(&dir.join(MAP_RULE_ORIGIN))?,
             cpus,
+            warned_full: false,
         })
     }
 
+    fn slot(&self, slot: u32) -> Rule {
+        self.view.get(slot as usize)
+    }
+
     pub fn get(&self, proto: Protocol, port: u16) -> Result<Option<Mode>> {
-        let rule = self
-            .rules
-            .get(&slot_of(proto, port), 0)
-            .with_context(|| format!("reading rule {port}/{proto}"))?;
-        Ok(Mode::from_action(rule.action))
+        Ok(Mode::from_action(self.slot(slot_of(proto, port)).action))
+    }
+
+    /// Every non-empty slot, in slot order (protocol, then port).
+    fn scan(&self) -> Vec<(u32, Rule)> {
+        (0..RULE_SLOTS)
+            .filter_map(|slot| {
+                let rule = self.slot(slot);
+                (rule.action != action::NONE).then_some((slot, rule))
+            })
+            .collect()
+    }
+
+    fn write(&mut self, slot: u32, rule: Rule) -> Result<()> {
+        self.rules.set(slot, rule, 0).with_context(|| {
+            let (proto, port) = port_of(slot);
+            format!("writing rule {port}/{proto} (RULES slot {slot})")
+        })
+    }
+
+    /// Summed per-CPU counts of every counter slot, indexed by slot.
+    fn counter_sums(&self) -> Result<Vec<RuleCounters>> {
+        let per_cpu = size_of::<RuleCounters>();
+        let (keys, values) = bpf::lookup_batch(
+            self.counters_fd.as_fd(),
+            4,
+            per_cpu * self.cpus,
+            MAX_RULE_COUNTERS,
+            "RULE_COUNTERS",
+        )?;
+        let mut sums = vec![RuleCounters::default(); MAX_RULE_COUNTERS as usize];
+        for (key, value) in keys
+            .chunks_exact(4)
+            .zip(values.chunks_exact(per_cpu * self.cpus))
+        {
+            let index = u32::from_ne_bytes(key.try_into().expect("4 bytes")) as usize;
+            let Some(sum) = sums.get_mut(index) else {
+                continue;
+            };
+            for cpu in value.chunks_exact(per_cpu) {
+                sum.packets += u64::from_ne_bytes(cpu[..8].try_into().expect("8 bytes"));
+                sum.bytes += u64::from_ne_bytes(cpu[8..16].try_into().expect("8 bytes"));
+            }
+        }
+        Ok(sums)
+    }
+
+    /// Every origin entry, in one batched read.
+    pub(crate) fn all_origins(&self) -> Result<BTreeMap<RuleKey, RuleOrigin>> {
+        let (keys, values) = bpf::lookup_batch(
+            self.origins_fd.as_fd(),
+            size_of::<RuleKey>(),
+            size_of::<RuleOrigin>(),
+            MAX_ORIGINS,
+            "RULE_ORIGIN",
+        )?;
+        Ok(keys
+            .chunks_exact(size_of::<RuleKey>())
+            .zip(values.chunks_exact(size_of::<RuleOrigin>()))
+            .map(|(k, v)| {
+                // SAFETY: both are plain #[repr(C)] data with every bit
+                // pattern valid, read unaligned from the kernel's bytes.
+                unsafe {
+                    (
+                        std::ptr::read_unaligned(k.as_ptr() as *const RuleKey),
+                        std::ptr::read_unaligned(v.as_ptr() as *const RuleOrigin),
+                    )
+                }
+            })
+            .collect())
     }
 
     /// Every allowlisted prefix, grouped by rule.
-    fn allowlists(&self) -> Result<BTreeMap<RuleKey, BTreeSet<Cidr>>> {
+    pub(crate) fn allowlists(&self) -> Result<BTreeMap<RuleKey, BTreeSet<Cidr>>> {
         let mut out: BTreeMap<RuleKey, BTreeSet<Cidr>> = BTreeMap::new();
         for key in self.allow_v4.keys() {
             let key = key.context("iterating ALLOW_V4")?;
@@ -204,7 +318,7 @@ impl RuleTable {
         Ok(out)
     }
 
-    fn insert_prefix(&mut self, rule: RuleKey, cidr: &Cidr) -> Result<()> {
+    pub(crate) fn insert_prefix(&mut self, rule: RuleKey, cidr: &Cidr) -> Result<()> {
         match cidr.addr() {
             IpAddr::V4(a) => self
                 .allow_v4
@@ -233,17 +347,85 @@ impl RuleTable {
         }
     }
 
-    /// Sets every port of `specs` to `spec`. Existing counters are kept.
+    /// Counter slots some rule uses.
+    fn used_counters(&self) -> BTreeSet<u16> {
+        self.scan()
+            .into_iter()
+            .map(|(_, r)| r.counter)
+            .filter(|&c| c != NO_COUNTER)
+            .collect()
+    }
+
+    /// A free counter slot, zeroed, or [`NO_COUNTER`] when all are taken
+    /// (the rule then blocks uncounted).
+    fn alloc_counter(&mut self, used: &mut BTreeSet<u16>) -> Result<u16> {
+        let Some(free) = (1..MAX_RULE_COUNTERS as u16).find(|c| !used.contains(c)) else {
+            if !self.warned_full {
+                tracing::warn!(
+                    "all {} rule counters are in use: new rules block without a counter (`list` shows them as uncounted)",
+                    MAX_RULE_COUNTERS - 1
+                );
+                self.warned_full = true;
+            }
+            return Ok(NO_COUNTER);
+        };
+        self.set_counter(free, &vec![RuleCounters::default(); self.cpus])?;
+        used.insert(free);
+        Ok(free)
+    }
+
+    /// Sets a counter slot's per-CPU values (a migration carries counts over).
+    pub(crate) fn set_counter(&mut self, slot: u16, per_cpu: &[RuleCounters]) -> Result<()> {
+        let values =
+            PerCpuValues::try_from(per_cpu.to_vec()).context("building per-CPU counters")?;
+        self.counters
+            .set(u32::from(slot), values, 0)
+            .with_context(|| format!("writing RULE_COUNTERS slot {slot}"))
+    }
+
+    /// A counter slot's per-CPU values.
+    pub(crate) fn counter(&self, slot: u16) -> Result<Vec<RuleCounters>> {
+        let values = self
+            .counters
+            .get(&u32::from(slot), 0)
+            .with_context(|| format!("reading RULE_COUNTERS slot {slot}"))?;
+        Ok(values.iter().copied().collect())
+    }
+
+    /// The counter `spec` can keep: the one its ports share when no other
+    /// port uses it (blocking a range again keeps its counts).
+    fn reusable_counter(&self, ps: &PortSpec) -> Option<u16> {
+        let counter = self.slot(slot_of(ps.proto, ps.low)).counter;
+        if counter == NO_COUNTER {
+            return None;
+        }
+        let same = |slot: u32| self.slot(slot).counter == counter;
+        let inside = ps.ports().all(|p| same(slot_of(ps.proto, p)));
+        let outside = self
+            .scan()
+            .iter()
+            .filter(|(_, r)| r.counter == counter)
+            .count()
+            != ps.ports().count();
+        (inside && !outside).then_some(counter)
+    }
+
+    /// Sets every port of `specs` to `spec`. Blocking the same ports again
+    /// keeps their counter.
     pub fn apply(&mut self, specs: &[PortSpec], spec: &RuleSpec) -> Result<()> {
         let mut allowlists = self.allowlists()?;
+        let mut used = self.used_counters();
         for ps in specs {
+            let counter = match self.reusable_counter(ps) {
+                Some(c) => c,
+                None => self.alloc_counter(&mut used)?,
+            };
             for port in ps.ports() {
                 let key = key_of(ps.proto, port);
                 let old = allowlists.remove(&key).unwrap_or_default();
                 for cidr in spec.allow_from.difference(&old) {
                     self.insert_prefix(key, cidr)?;
                 }
-                self.ensure_counters(key)?;
                 let rule = Rule {
                     action: spec.mode.action(),
                     flags: if spec.allow_from.is_empty() {
@@ -251,11 +433,9 @@ impl RuleTable {
                     } else {
                         rule_flags::HAS_ALLOWLIST
                     },
-                    reserved: 0,
+                    counter,
                 };
-                self.rules
-                    .set(slot_of(ps.proto, port), rule, 0)
-                    .with_context(|| format!("writing rule {port}/{}", ps.proto))?;
+                self.write(slot_of(ps.proto, port), rule)?;
                 for cidr in old.difference(&spec.allow_from) {
                     self.remove_prefix(key, cidr)?;
                 }
@@ -265,7 +445,7 @@ impl RuleTable {
                 }
             }
         }
-        Ok(())
+        self.normalize()
     }
 
     fn origin(&self, key: &RuleKey) -> Result<Option<RuleOrigin>> {
@@ -276,7 +456,7 @@ impl RuleTable {
         }
     }
 
-    fn put_origin(&mut self, key: RuleKey, origin: &RuleOrigin) -> Result<()> {
+    pub(crate) fn put_origin(&mut self, key: RuleKey, origin: &RuleOrigin) -> Result<()> {
         self.origins
             .insert(key, *origin, 0)
             .context("writing RULE_ORIGIN (is it full?)")
@@ -289,23 +469,44 @@ impl RuleTable {
         }
     }
 
-    fn ensure_counters(&mut self, key: RuleKey) -> Result<()> {
-        if self.stats.get(&key, 0).is_err() {
-            let zero = PerCpuValues::try_from(vec![RuleCounters::default(); self.cpus])
-                .context("building per-CPU zero counters")?;
-            // Counters are best effort: a full counter map must not stop a block.
-            if let Err(e) = self.stats.insert(key, zero, 0) {
-                tracing::warn!("no counters for {}/{}: {e}", key.port, key.proto);
+    /// Writes a slot as a migration carries it over (rule and counter slot
+    /// already decided).
+    pub(crate) fn put_rule(&mut self, proto: Protocol, port: u16, rule: Rule) -> Result<()> {
+        self.write(slot_of(proto, port), rule)
+    }
+
+    /// Gives each counter slot to one rule: when a change left one slot on
+    /// ports that are no longer one rule (part of a range unblocked, an
+    /// owner added to some of its ports), the later parts get slots of
+    /// their own. Callers of [`RuleTable::set_docker`] call it once after
+    /// their batch of changes; `apply` and `remove` call it themselves.
+    pub fn normalize(&mut self) -> Result<()> {
+        let origins = self.all_origins()?;
+        let items: Vec<(u32, u16, Group)> = self
+            .scan()
+            .into_iter()
+            .map(|(slot, r)| {
+                let (proto, port) = port_of(slot);
+                let origin = origins.get(&key_of(proto, port)).copied();
+                (slot, r.counter, (r.action, r.flags, origin))
+            })
+            .collect();
+        let splits = split_plan(&items);
+        if splits.is_empty() {
+            return Ok(());
+        }
+        let mut used = self.used_counters();
+        for run in splits {
+            let counter = self.alloc_counter(&mut used)?;
+            for slot in run {
+                let rule = Rule {
+                    counter,
+                    ..self.slot(slot)
+                };
+                self.write(slot, rule)?;
             }
         }
         Ok(())
-    }
-
-    fn drop_counters(&mut self, key: &RuleKey) -> Result<()> {
-        match self.stats.remove(key) {
-            Err(e) if !is_missing(&e) => Err(e).context("removing rule counters"),
-            _ => Ok(()),
-        }
     }
 
     /// Records what the agent's policy wants for one port: `Some` blocks it
@@ -319,7 +520,7 @@ impl RuleTable {
     ) -> Result<()> {
         let key = key_of(proto, port);
         let slot = slot_of(proto, port);
-        let current = self.rules.get(&slot, 0).context("reading RULES")?;
+        let current = self.slot(slot);
         let origin = self.origin(&key)?;
         match want {
             Some(rule) => {
@@ -333,15 +534,18 @@ impl RuleTable {
                 origin.why = to_fixed::<ORIGIN_WHY_LEN>(&rule.why);
                 self.put_origin(key, &origin)?;
                 if origin.manual == action::NONE {
-                    self.ensure_counters(key)?;
+                    let counter = if current.action == action::BLOCK {
+                        current.counter
+                    } else {
+                        let mut used = self.used_counters();
+                        self.alloc_counter(&mut used)?
+                    };
                     let block = Rule {
                         action: action::BLOCK,
                         flags: 0,
-                        reserved: 0,
+                        counter,
                     };
-                    self.rules
-                        .set(slot, block, 0)
-                        .with_context(|| format!("writing rule {port}/{proto}"))?;
+                    self.write(slot, block)?;
                 }
             }
             None => {
@@ -349,10 +553,7 @@ impl RuleTable {
                     return Ok(());
                 };
                 if origin.manual == action::NONE {
-                    self.rules
-                        .set(slot, Rule::default(), 0)
-                        .with_context(|| format!("clearing rule {port}/{proto}"))?;
-                    self.drop_counters(&key)?;
+                    self.write(slot, Rule::default())?;
                     self.drop_origin(&key)?;
                 } else {
                     origin.docker = action::NONE;
@@ -368,8 +569,7 @@ impl RuleTable {
     /// The rules the agent currently owns.
     pub fn docker_rules(&self) -> Result<BTreeMap<(Protocol, u16), DockerRule>> {
         let mut out = BTreeMap::new();
-        for item in self.origins.iter() {
-            let (key, origin) = item.context("iterating RULE_ORIGIN")?;
+        for (key, origin) in self.all_origins()? {
             if origin.docker == action::NONE {
                 continue;
             }
@@ -392,6 +592,7 @@ impl RuleTable {
     pub fn remove(&mut self, specs: &[PortSpec]) -> Result<Removal> {
         let mut allowlists = self.allowlists()?;
         let mut removal = Removal::default();
+        let mut used = self.used_counters();
         for ps in specs {
             for port in ps.ports() {
                 let key = key_of(ps.proto, port);
@@ -399,21 +600,24 @@ impl RuleTable {
                 let origin = self.origin(&key)?;
                 let manual = match &origin {
                     Some(o) => o.manual != action::NONE,
-                    None => self.get(ps.proto, port)?.is_some(),
+                    None => self.slot(slot).action != action::NONE,
                 };
                 if manual {
                     removal.manual_rules += 1;
                 }
                 match origin {
                     Some(mut origin) if origin.docker != action::NONE => {
+                        let counter = if manual {
+                            self.alloc_counter(&mut used)?
+                        } else {
+                            self.slot(slot).counter
+                        };
                         let docker = Rule {
                             action: origin.docker,
                             flags: 0,
-                            reserved: 0,
+                            counter,
                         };
-                        self.rules
-                            .set(slot, docker, 0)
-                            .with_context(|| format!("writing rule {port}/{}", ps.proto))?;
+                        self.write(slot, docker)?;
                         origin.manual = action::NONE;
                         self.put_origin(key, &origin)?;
                         removal.kept_by_docker.push((
@@ -425,10 +629,7 @@ impl RuleTable {
                         ));
                     }
                     origin => {
-                        self.rules
-                            .set(slot, Rule::default(), 0)
-                            .with_context(|| format!("clearing rule {port}/{}", ps.proto))?;
-                        self.drop_counters(&key)?;
+                        self.write(slot, Rule::default())?;
                         if origin.is_some() {
                             self.drop_origin(&key)?;
                         }
@@ -439,66 +640,106 @@ impl RuleTable {
                 }
             }
         }
+        self.normalize()?;
         Ok(removal)
     }
 
-    fn counters(&self, key: &RuleKey) -> RuleCounters {
-        self.stats
-            .get(key, 0)
-            .map(|values| {
-                values
-                    .iter()
-                    .fold(RuleCounters::default(), |acc, v| RuleCounters {
-                        packets: acc.packets + v.packets,
-                        bytes: acc.bytes + v.bytes,
-                    })
-            })
-            .unwrap_or_default()
-    }
-
-    /// Every rule, ordered by protocol then port.
+    /// Every port's rule, ordered by protocol then port.
     pub fn list(&self) -> Result<Vec<RuleEntry>> {
-        let allowlists = self.allowlists()?;
-        let mut out = Vec::new();
-        for proto in Protocol::ALL {
-            for port in 1..=u16::MAX {
-                let rule = self
-                    .rules
-                    .get(&slot_of(proto, port), 0)
-                    .with_context(|| format!("reading rule {port}/{proto}"))?;
-                let Some(mode) = Mode::from_action(rule.action) else {
-                    continue;
-                };
-                let key = key_of(proto, port);
-                let counters = self.counters(&key);
-                let origin = match self.origin(&key)? {
-                    None => Origin {
-                        manual: true,
-                        ..Origin::default()
-                    },
-                    Some(o) => Origin {
-                        manual: o.manual != action::NONE,
-                        service: (o.docker != action::NONE).then(|| from_fixed(&o.service)),
-                        why: (o.docker != action::NONE).then(|| from_fixed(&o.why)),
-                    },
-                };
-                out.push(RuleEntry {
-                    proto,
-                    port,
-                    mode,
-                    allow_from: allowlists
-                        .get(&key)
-                        .map(|s| s.iter().copied().collect())
-                        .unwrap_or_default(),
-                    packets: counters.packets,
-                    bytes: counters.bytes,
-                    origin,
-                });
-            }
+        let slots = self.scan();
+        let origins = self.all_origins()?;
+        let allowlists = if slots
+            .iter()
+            .any(|(_, r)| r.flags & rule_flags::HAS_ALLOWLIST != 0)
+        {
+            self.allowlists()?
+        } else {
+            BTreeMap::new()
+        };
+        let sums = self.counter_sums()?;
+        let mut out = Vec::with_capacity(slots.len());
+        for (slot, rule) in slots {
+            let Some(mode) = Mode::from_action(rule.action) else {
+                continue;
+            };
+            let (proto, port) = port_of(slot);
+            let key = key_of(proto, port);
+            let origin = match origins.get(&key) {
+                None => Origin {
+                    manual: true,
+                    ..Origin::default()
+                },
+                Some(o) => Origin {
+                    manual: o.manual != action::NONE,
+                    service: (o.docker != action::NONE).then(|| from_fixed(&o.service)),
+                    why: (o.docker != action::NONE).then(|| from_fixed(&o.why)),
+                },
+            };
+            let counted = rule.counter != NO_COUNTER;
+            let counts = if counted {
+                sums[rule.counter as usize]
+            } else {
+                RuleCounters::default()
+            };
+            out.push(RuleEntry {
+                proto,
+                port,
+                mode,
+                allow_from: allowlists
+                    .get(&key)
+                    .map(|s| s.iter().copied().collect())
+                    .unwrap_or_default(),
+                counted,
+                packets: counts.packets,
+                bytes: counts.bytes,
+                origin,
+                counter: rule.counter,
+            });
         }
-        out.sort_by_key(|e| (e.proto, e.port));
         Ok(out)
     }
+
+    /// Rules as the operator sees them: ranges folded, one counter each.
+    pub fn ranges(&self) -> Result<Vec<RuleRange>> {
+        Ok(fold_ranges(&self.list()?))
+    }
+}
+
+/// The (protocol, port) of a `RULES` slot.
+pub(crate) fn port_of(slot: u32) -> (Protocol, u16) {
+    let proto = match slot >> 16 {
+        0 => Protocol::Tcp,
+        1 => Protocol::Udp,
+        _ => Protocol::Sctp,
+    };
+    (proto, (slot & 0xFFFF) as u16)
+}
+
+/// Which runs of slots need a counter of their own (pure; unit-tested).
+/// `items` are (slot, counter, group) in slot order; a run is consecutive
+/// slots with the same counter and group. The first run of each counter
+/// keeps it; every later run is returned. Uncounted slots stay uncounted.
+pub fn split_plan<G: PartialEq>(items: &[(u32, u16, G)]) -> Vec<Vec<u32>> {
+    let mut seen: BTreeSet<u16> = BTreeSet::new();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < items.len() {
+        let (start, counter, group) = (&items[i].0, items[i].1, &items[i].2);
+        let mut j = i + 1;
+        while j < items.len()
+            && items[j].0 == items[j - 1].0 + 1
+            && items[j].1 == counter
+            && items[j].2 == *group
+        {
+            j += 1;
+        }
+        if counter != NO_COUNTER && !seen.insert(counter) {
+            out.push(items[i..j].iter().map(|it| it.0).collect());
+        }
+        let _ = start;
+        i = j;
+    }
+    out
 }
 
 /// What [`RuleTable::remove`] did.
@@ -510,8 +751,8 @@ pub struct Removal {
     pub kept_by_docker: Vec<(PortSpec, DockerRule)>,
 }
 
-/// Consecutive ports of one protocol with the same mode and allowlist,
-/// folded into a range for display; counters are summed.
+/// A rule as the operator sees it: consecutive ports of one protocol that
+/// share a counter (or, uncounted, the same mode, allowlist and owners).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuleRange {
     pub proto: Protocol,
@@ -519,6 +760,9 @@ pub struct RuleRange {
     pub high: u16,
     pub mode: Mode,
     pub allow_from: Vec<Cidr>,
+    /// False when the counter table was full as the rule was made: it
+    /// blocks all the same, but `packets` and `bytes` stay 0.
+    pub counted: bool,
     pub packets: u64,
     pub bytes: u64,
     pub origin: Origin,
@@ -534,70 +778,92 @@ impl RuleRange {
     }
 }
 
-/// Folds sorted entries into ranges (pure; unit-tested).
+/// Folds sorted entries into rules (pure; unit-tested). The ports of one
+/// counter are one rule, counted once.
 pub fn fold_ranges(entries: &[RuleEntry]) -> Vec<RuleRange> {
-    let mut out: Vec<RuleRange> = Vec::new();
+    let mut out: Vec<(u16, RuleRange)> = Vec::new();
     for e in entries {
-        if let Some(last) = out.last_mut()
+        if let Some((counter, last)) = out.last_mut()
             && last.proto == e.proto
             && u32::from(last.high) + 1 == u32::from(e.port)
+            && *counter == e.counter
             && last.mode == e.mode
             && last.allow_from == e.allow_from
             && last.origin == e.origin
         {
             last.high = e.port;
-            last.packets += e.packets;
-            last.bytes += e.bytes;
             continue;
         }
-        out.push(RuleRange {
-            proto: e.proto,
-            low: e.port,
-            high: e.port,
-            mode: e.mode,
-            allow_from: e.allow_from.clone(),
-            packets: e.packets,
-            bytes: e.bytes,
-            origin: e.origin.clone(),
-        });
+        out.push((
+            e.counter,
+            RuleRange {
+                proto: e.proto,
+                low: e.port,
+                high: e.port,
+                mode: e.mode,
+                allow_from: e.allow_from.clone(),
+                counted: e.counted,
+                packets: e.packets,
+                bytes: e.bytes,
+                origin: e.origin.clone(),
+            },
+        ));
     }
-    out
+    out.into_iter().map(|(_, r)| r).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(proto: Protocol, port: u16, mode: Mode, packets: u64) -> RuleEntry {
+    fn entry(proto: Protocol, port: u16, mode: Mode, counter: u16) -> RuleEntry {
         RuleEntry {
             proto,
             port,
             mode,
             allow_from: vec![],
-            packets,
-            bytes: packets * 60,
+            counted: counter != NO_COUNTER,
+            packets: u64::from(counter) * 10,
+            bytes: u64::from(counter) * 600,
             origin: Origin::default(),
+            counter,
         }
     }
 
     #[test]
-    fn folds_consecutive_ports_with_equal_rules() {
+    fn a_counter_is_one_rule_counted_once() {
         let entries = vec![
             entry(Protocol::Tcp, 80, Mode::Block, 1),
-            entry(Protocol::Tcp, 81, Mode::Block, 2),
-            entry(Protocol::Tcp, 82, Mode::Audit, 0),
-            entry(Protocol::Tcp, 84, Mode::Audit, 0),
-            entry(Protocol::Udp, 85, Mode::Audit, 0),
+            entry(Protocol::Tcp, 81, Mode::Block, 1),
+            entry(Protocol::Tcp, 82, Mode::Block, 2),
+            entry(Protocol::Tcp, 84, Mode::Audit, 3),
+            entry(Protocol::Udp, 85, Mode::Audit, 4),
         ];
         let ranges = fold_ranges(&entries);
         assert_eq!(ranges.len(), 4);
         assert_eq!(
             (ranges[0].low, ranges[0].high, ranges[0].packets),
-            (80, 81, 3)
+            (80, 81, 10)
         );
         assert_eq!(ranges[0].spec().to_string(), "80-81/tcp");
         assert_eq!((ranges[1].low, ranges[1].high), (82, 82));
         assert_eq!((ranges[2].low, ranges[3].proto), (84, Protocol::Udp));
+    }
+
+    #[test]
+    fn uncounted_ports_fold_by_their_rule() {
+        let ranges = fold_ranges(&[
+            entry(Protocol::Tcp, 80, Mode::Block, NO_COUNTER),
+            entry(Protocol::Tcp, 81, Mode::Block, NO_COUNTER),
+            entry(Protocol::Tcp, 82, Mode::Block, 7),
+        ]);
+        assert_eq!(ranges.len(), 2);
+        assert!(!ranges[0].counted);
+        assert_eq!(
+            (ranges[0].low, ranges[0].high, ranges[0].packets),
+            (80, 81, 0)
+        );
+        assert!(ranges[1].counted);
     }
 
     #[test]
@@ -615,5 +881,29 @@ mod tests {
             entry(Protocol::Udp, 1, Mode::Block, 0),
         ]);
         assert_eq!(ranges.len(), 2);
+    }
+
+    #[test]
+    fn split_plan_gives_later_runs_their_own_counter() {
+        // 100-102 share counter 1, 101 unblocked: 102 needs a new one.
+        let items = [(100, 1, 'a'), (102, 1, 'a'), (103, 2, 'a')];
+        assert_eq!(split_plan(&items), vec![vec![102]]);
+        // An owner added to the middle port splits it out, and the tail too.
+        let items = [(100, 1, 'a'), (101, 1, 'b'), (102, 1, 'a')];
+        assert_eq!(split_plan(&items), vec![vec![101], vec![102]]);
+        // One run: nothing to do; uncounted slots are never split.
+        assert!(split_plan(&[(5, 3, 'a'), (6, 3, 'a')]).is_empty());
+        assert!(split_plan(&[(5, 0, 'a'), (9, 0, 'b')]).is_empty());
+    }
+
+    #[test]
+    fn slots_map_back_to_ports() {
+        for (proto, port) in [
+            (Protocol::Tcp, 1),
+            (Protocol::Udp, 8080),
+            (Protocol::Sctp, 65535),
+        ] {
+            assert_eq!(port_of(slot_of(proto, port)), (proto, port));
+        }
     }
 }

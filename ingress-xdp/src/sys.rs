@@ -243,49 +243,12 @@ impl DirLock {
     }
 }
 
-const BPF_OBJ_GET: libc::c_long = 7;
-const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-
 /// The interface a pinned XDP or TCX link is attached to, or 0 when the
 /// kernel has detached it because the interface went away. A namespace that
 /// Docker recreates may reuse the old inode number, so only the link itself
 /// can tell whether it still drops anything.
 pub fn link_ifindex(pin: &Path) -> Result<u32> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-
-    let c_path = CString::new(pin.as_os_str().as_encoded_bytes())?;
-    // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
-    let mut attr = [0u8; 128];
-    attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr is a valid, zero-padded bpf_attr.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET, attr.as_mut_ptr(), attr.len()) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("BPF_OBJ_GET {}", pin.display()));
-    }
-    // SAFETY: the kernel returned a new fd we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // struct bpf_link_info: type, id, prog_id, then (8-aligned) the per-type
-    // union, whose first u32 is the ifindex for both xdp and tcx links.
-    let mut info = [0u64; 16];
-    let mut attr = [0u8; 128];
-    attr[..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
-    attr[4..8].copy_from_slice(&((info.len() * 8) as u32).to_ne_bytes());
-    attr[8..16].copy_from_slice(&(info.as_mut_ptr() as u64).to_ne_bytes());
-    // SAFETY: attr points at a buffer of the announced length.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET_INFO_BY_FD,
-            attr.as_mut_ptr(),
-            attr.len(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("BPF_OBJ_GET_INFO_BY_FD on {}", pin.display()));
-    }
-    Ok((info[2] & 0xFFFF_FFFF) as u32)
+    Ok(crate::bpf::pinned_link_info(pin)?.ifindex)
 }
 
 /// How many values a per-CPU map holds per key (possible CPUs).
