@@ -446,7 +446,10 @@ mod tests {
         let pins = Pins::new("/sys/fs/bpf/x");
         assert_eq!(pins.layout_dir_of(1), PathBuf::from("/sys/fs/bpf/x"));
         assert_eq!(pins.layout_dir(), PathBuf::from("/sys/fs/bpf/x/v2"));
-        assert_eq!(pins.staging_dir(), PathBuf::from("/sys/fs/bpf/x/v2-staging"));
+        assert_eq!(
+            pins.staging_dir(),
+            PathBuf::from("/sys/fs/bpf/x/v2-staging")
+        );
         assert_eq!(pins.map(MAP_RULES), PathBuf::from("/sys/fs/bpf/x/v2/RULES"));
     }
 
