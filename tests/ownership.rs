@@ -149,3 +149,25 @@ fn concurrent_cli_and_agent_lose_nothing() {
     let docker = list.iter().filter(|e| e.origin.service.is_some()).count();
     assert_eq!((manual, docker), (40, 100));
 }
+
+/// The loader binds pinned maps by name; one of another shape (a hand-made
+/// or foreign map under our name) must be refused, not handed to a program.
+#[test]
+fn a_pinned_map_of_another_shape_is_refused() {
+    let pins = TestPins::new("oshape");
+    let path = pins.pins.map(ingress_xdp::pins::MAP_RULE_COUNTERS);
+    std::fs::remove_file(&path).unwrap();
+    let foreign = aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(16, 0).unwrap();
+    foreign.pin(&path).unwrap();
+    let err = format!("{:#}", RuleTable::open(&pins.pins).err().expect("refused"));
+    assert!(
+        err.contains("RULE_COUNTERS is not what layout 2 needs"),
+        "{err}"
+    );
+    let out = Command::new(support::bin())
+        .args(["--pin-dir", &pins.dir().display().to_string(), "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not what layout 2 needs"));
+}

@@ -1553,3 +1553,72 @@ fn vlan_tags_count_the_same_on_both_hooks_live() {
     expect_counts("three tags, XDP", &xdp.pins, (10, 5));
     expect_counts("three tags (one in skb metadata), TC", &tc.pins, (10, 5));
 }
+
+// ---------------------------------------------------------------------------
+// Rule counters: one per rule as the operator wrote it
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_range_is_one_rule_with_one_counter() {
+    let mut h = Harness::new("vrng");
+    h.block("30000-30009");
+    for port in [30000, 30005, 30009] {
+        let frame = frames::packet(Tags::None, frames::v4(), L4::Tcp, port);
+        h.check(&format!("{port} in the range"), &frame, Dropped);
+    }
+    let ranges = h.rules.ranges().unwrap();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    assert_eq!(
+        (ranges[0].packets, ranges[0].counted),
+        (6, true),
+        "three frames through two programs, all in the range's one counter"
+    );
+
+    // Unblocking the middle port leaves two rules: the head keeps the
+    // counter and its count, the tail gets a counter of its own.
+    h.rules.remove(&["30005".parse().unwrap()]).unwrap();
+    let ranges = h.rules.ranges().unwrap();
+    let shape: Vec<_> = ranges
+        .iter()
+        .map(|r| (r.low, r.high, r.packets, r.counted))
+        .collect();
+    assert_eq!(
+        shape,
+        vec![(30000, 30004, 6, true), (30006, 30009, 0, true)]
+    );
+    let frame = frames::packet(Tags::None, frames::v4(), L4::Tcp, 30008);
+    h.check("the tail still blocks", &frame, Dropped);
+    assert_eq!(h.rules.ranges().unwrap()[1].packets, 2);
+
+    // Blocking the same ports again (here: as audit) keeps their counter.
+    h.rule("30000-30004", Mode::Audit, &[]);
+    let head = &h.rules.ranges().unwrap()[0];
+    assert_eq!((head.mode, head.packets), (Mode::Audit, 6));
+}
+
+#[test]
+fn a_full_counter_table_still_blocks() {
+    let mut h = Harness::new("vful");
+    let capacity = ingress_xdp_common::MAX_RULE_COUNTERS as u16 - 1;
+    let specs: Vec<String> = (1..=capacity).map(|p| format!("{p}/udp")).collect();
+    h.block(&specs.join(","));
+    assert!(h.entry(&format!("{capacity}/udp")).unwrap().counted);
+
+    h.block("8080");
+    let rule = h.entry("8080").unwrap();
+    assert!(!rule.counted, "no counter left for 8080: {rule:?}");
+    let frame = frames::packet(Tags::None, frames::v4(), L4::Tcp, 8080);
+    h.check("an uncounted rule", &frame, Dropped);
+    assert_eq!(h.entry("8080").unwrap().packets, 0);
+    let listing = ingress_xdp::cli::render_rules(&h.rules.ranges().unwrap());
+    assert!(
+        listing.contains("1 rule(s) shown with '-' have no counter"),
+        "list must say which rules are uncounted:\n{}",
+        listing.lines().last().unwrap_or_default()
+    );
+
+    // A freed counter goes to the next rule.
+    h.rules.remove(&["1/udp".parse().unwrap()]).unwrap();
+    h.block("8081");
+    assert!(h.entry("8081").unwrap().counted);
+}

@@ -25,8 +25,9 @@ pub const LAYOUT_VERSION: u32 = 2;
 pub const MAX_ATTACH_POINTS: u32 = 64;
 /// Slots of `RULE_COUNTERS`. Slot 0 is the shared sink of rules that have no
 /// counter of their own (the table was full), so the fast path never
-/// branches on "has a counter"; 4,095 rules can be counted.
-pub const MAX_RULE_COUNTERS: u32 = 4096;
+/// branches on "has a counter"; 4,096 rules can be counted. A slot is 16
+/// bytes per possible CPU: 64 KiB per CPU, 16 MiB at 256 CPUs.
+pub const MAX_RULE_COUNTERS: u32 = 4097;
 /// The counter slot of an uncounted rule.
 pub const NO_COUNTER: u16 = 0;
 /// Rules that may have an origin entry (one per port the agent or both

@@ -183,6 +183,10 @@ pub struct RuleTable {
     cpus: usize,
     /// Warned once per table that counters ran out.
     warned_full: bool,
+    /// Counter slots in use, from one scan, kept up to date by allocations.
+    /// A slot freed meanwhile stays marked until the table is reopened,
+    /// which only delays its reuse.
+    used: Option<BTreeSet<u16>>,
 }
 
 /// What a counter slot is shared by: ports next to each other with equal
@@ -216,6 +220,7 @@ impl RuleTable {
             origins_fd: bpf::obj_get(&dir.join(MAP_RULE_ORIGIN))?,
             cpus,
             warned_full: false,
+            used: None,
         })
     }
 
@@ -358,8 +363,14 @@ impl RuleTable {
 
     /// A free counter slot, zeroed, or [`NO_COUNTER`] when all are taken
     /// (the rule then blocks uncounted).
-    fn alloc_counter(&mut self, used: &mut BTreeSet<u16>) -> Result<u16> {
-        let Some(free) = (1..MAX_RULE_COUNTERS as u16).find(|c| !used.contains(c)) else {
+    fn alloc_counter(&mut self) -> Result<u16> {
+        let used = match self.used.take() {
+            Some(used) => used,
+            None => self.used_counters(),
+        };
+        let free = (1..MAX_RULE_COUNTERS as u16).find(|c| !used.contains(c));
+        self.used = Some(used);
+        let Some(free) = free else {
             if !self.warned_full {
                 tracing::warn!(
                     "all {} rule counters are in use: new rules block without a counter (`list` shows them as uncounted)",
@@ -370,7 +381,7 @@ impl RuleTable {
             return Ok(NO_COUNTER);
         };
         self.set_counter(free, &vec![RuleCounters::default(); self.cpus])?;
-        used.insert(free);
+        self.used.get_or_insert_default().insert(free);
         Ok(free)
     }
 
@@ -392,33 +403,38 @@ impl RuleTable {
         Ok(values.iter().copied().collect())
     }
 
-    /// The counter `spec` can keep: the one its ports share when no other
+    /// How many slots use each counter.
+    fn counter_use(&self) -> BTreeMap<u16, usize> {
+        let mut out = BTreeMap::new();
+        for (_, r) in self.scan() {
+            if r.counter != NO_COUNTER {
+                *out.entry(r.counter).or_insert(0) += 1;
+            }
+        }
+        out
+    }
+
+    /// The counter `ps` can keep: the one its ports share when no other
     /// port uses it (blocking a range again keeps its counts).
-    fn reusable_counter(&self, ps: &PortSpec) -> Option<u16> {
+    fn reusable_counter(&self, ps: &PortSpec, uses: &BTreeMap<u16, usize>) -> Option<u16> {
         let counter = self.slot(slot_of(ps.proto, ps.low)).counter;
-        if counter == NO_COUNTER {
+        if counter == NO_COUNTER || uses.get(&counter) != Some(&ps.ports().count()) {
             return None;
         }
-        let same = |slot: u32| self.slot(slot).counter == counter;
-        let inside = ps.ports().all(|p| same(slot_of(ps.proto, p)));
-        let outside = self
-            .scan()
-            .iter()
-            .filter(|(_, r)| r.counter == counter)
-            .count()
-            != ps.ports().count();
-        (inside && !outside).then_some(counter)
+        ps.ports()
+            .all(|p| self.slot(slot_of(ps.proto, p)).counter == counter)
+            .then_some(counter)
     }
 
     /// Sets every port of `specs` to `spec`. Blocking the same ports again
     /// keeps their counter.
     pub fn apply(&mut self, specs: &[PortSpec], spec: &RuleSpec) -> Result<()> {
         let mut allowlists = self.allowlists()?;
-        let mut used = self.used_counters();
+        let mut uses = self.counter_use();
         for ps in specs {
-            let counter = match self.reusable_counter(ps) {
+            let counter = match self.reusable_counter(ps, &uses) {
                 Some(c) => c,
-                None => self.alloc_counter(&mut used)?,
+                None => self.alloc_counter()?,
             };
             for port in ps.ports() {
                 let key = key_of(ps.proto, port);
@@ -435,7 +451,13 @@ impl RuleTable {
                     },
                     counter,
                 };
-                self.write(slot_of(ps.proto, port), rule)?;
+                let slot = slot_of(ps.proto, port);
+                let before = self.slot(slot).counter;
+                if let Some(n) = uses.get_mut(&before) {
+                    *n -= 1;
+                }
+                *uses.entry(counter).or_insert(0) += 1;
+                self.write(slot, rule)?;
                 for cidr in old.difference(&spec.allow_from) {
                     self.remove_prefix(key, cidr)?;
                 }
@@ -491,13 +513,8 @@ impl RuleTable {
                 (slot, r.counter, (r.action, r.flags, origin))
             })
             .collect();
-        let splits = split_plan(&items);
-        if splits.is_empty() {
-            return Ok(());
-        }
-        let mut used = self.used_counters();
-        for run in splits {
-            let counter = self.alloc_counter(&mut used)?;
+        for run in split_plan(&items) {
+            let counter = self.alloc_counter()?;
             for slot in run {
                 let rule = Rule {
                     counter,
@@ -537,8 +554,7 @@ impl RuleTable {
                     let counter = if current.action == action::BLOCK {
                         current.counter
                     } else {
-                        let mut used = self.used_counters();
-                        self.alloc_counter(&mut used)?
+                        self.alloc_counter()?
                     };
                     let block = Rule {
                         action: action::BLOCK,
@@ -592,7 +608,6 @@ impl RuleTable {
     pub fn remove(&mut self, specs: &[PortSpec]) -> Result<Removal> {
         let mut allowlists = self.allowlists()?;
         let mut removal = Removal::default();
-        let mut used = self.used_counters();
         for ps in specs {
             for port in ps.ports() {
                 let key = key_of(ps.proto, port);
@@ -608,7 +623,7 @@ impl RuleTable {
                 match origin {
                     Some(mut origin) if origin.docker != action::NONE => {
                         let counter = if manual {
-                            self.alloc_counter(&mut used)?
+                            self.alloc_counter()?
                         } else {
                             self.slot(slot).counter
                         };
