@@ -338,7 +338,7 @@ fn mesh_blocks_published_ports(hook: &str, tag: &str) {
     mesh.cli_ok(&format!("block {BLOCKED}"));
     dropped("remote tcp blocked again", mesh.remote_tcp(BLOCKED));
     let out = mesh.cli_ok("detach");
-    assert!(out.contains("1 port rule(s) kept"), "{out}");
+    assert!(out.contains("1 rule(s) kept"), "{out}");
     served("remote tcp after detach", mesh.remote_tcp(BLOCKED), "task");
     served("local tcp after detach", mesh.local_tcp(BLOCKED), "task");
     assert!(mesh.cli_ok("status").contains("nothing attached"));
@@ -577,4 +577,79 @@ fn pin_dir_from_env_default_route_iface_and_bpffs_mounted_when_missing() {
     assert!(stdout.contains("attached v1: xdp"), "{stdout}");
     assert!(stdout.contains("80/tcp"), "{stdout}");
     assert!(!dir.exists(), "the pins lived in the private bpffs only");
+}
+
+/// (id, program id, link id, build) of every attach point, from `status --json`.
+fn points(mesh: &Mesh) -> Vec<(u64, u64, u64, String)> {
+    let status: serde_json::Value = serde_json::from_str(&mesh.cli_ok("status --json")).unwrap();
+    status["attach_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let p = &p["point"];
+            (
+                p["id"].as_u64().unwrap(),
+                p["program_id"].as_u64().unwrap(),
+                p["link_id"].as_u64().unwrap(),
+                p["build"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// A point attached by another build of the same layout gets this build's
+/// program swapped into its pinned link (new program id, same link); this
+/// build's own points are left alone. The older build is made by rewriting
+/// the build recorded for each point, which is what `attach` compares.
+#[test]
+fn a_newer_build_swaps_its_program_in_place() {
+    use aya::maps::{Array, Map, MapData};
+    use ingress_xdp_common::AttachInfo;
+
+    let mesh = Mesh::new("u");
+    mesh.attach("");
+    mesh.cli_ok(&format!("block {BLOCKED}"));
+    let before = points(&mesh);
+    assert_eq!(before.len(), 2);
+    let status: serde_json::Value = serde_json::from_str(&mesh.cli_ok("status --json")).unwrap();
+    assert_eq!(status["layout"], 2);
+    for p in &before {
+        assert_eq!(p.3, status["build"].as_str().unwrap(), "{status}");
+    }
+
+    let info_pin = mesh.pins.pins.map(ingress_xdp::pins::MAP_ATTACH_INFO);
+    let mut info: Array<MapData, AttachInfo> =
+        Map::from_map_data(MapData::from_pin(&info_pin).unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+    for (id, ..) in &before {
+        let mut record = info.get(&(*id as u32), 0).unwrap();
+        record.build = [0; ingress_xdp_common::BUILD_LEN];
+        record.build[..18].copy_from_slice(b"0.1.9+000000000000");
+        info.set(*id as u32, record, 0).unwrap();
+    }
+    let shown = mesh.cli_ok("status");
+    assert!(
+        shown.contains("0.1.9+000000000000 (older: run attach)"),
+        "{shown}"
+    );
+
+    let out = mesh.attach("");
+    assert_eq!(out.matches("upgraded").count(), 2, "{out}");
+    assert!(out.contains("build 0.1.9+000000000000 -> "), "{out}");
+    let after = points(&mesh);
+    for (old, new) in before.iter().zip(&after) {
+        assert_eq!(old.0, new.0);
+        assert_ne!(old.1, new.1, "a new program on point {}", old.0);
+        assert_eq!(old.2, new.2, "the same link on point {}", old.0);
+        assert_eq!(old.3, new.3, "this build recorded on point {}", old.0);
+    }
+    dropped("blocked port after the swap", mesh.remote_tcp(BLOCKED));
+    served("open port after the swap", mesh.remote_tcp(OPEN), "task");
+
+    let again = mesh.attach("");
+    assert_eq!(again.matches("already attached").count(), 2, "{again}");
+    assert_eq!(points(&mesh), after, "the same build changes nothing");
 }

@@ -618,8 +618,9 @@ struct StatsDoc {
     rules: Vec<RuleRange>,
 }
 
-fn collect_stats(pins: &Pins) -> Result<StatsDoc> {
-    let registry = Registry::open(pins)?;
+/// One refresh: the maps are opened once by the caller, so `--watch` costs
+/// a few batched reads per refresh however many rules there are.
+fn collect_stats(registry: &Registry, table: &RuleTable) -> Result<StatsDoc> {
     let mut attach_points = Vec::new();
     for point in registry.points()? {
         attach_points.push(PointStats {
@@ -628,10 +629,9 @@ fn collect_stats(pins: &Pins) -> Result<StatsDoc> {
             point,
         });
     }
-    let rules = RuleTable::open(pins)?.ranges()?;
     Ok(StatsDoc {
         attach_points,
-        rules,
+        rules: table.ranges()?,
     })
 }
 
@@ -688,8 +688,9 @@ fn render_stats(doc: &StatsDoc, rates: Option<(&StatsDoc, f64)>) -> String {
 fn cmd_stats(pins: &Pins, json: bool, watch: Option<u64>) -> Result<()> {
     sys::require_root()?;
     pins.require()?;
+    let (registry, table) = (Registry::open(pins)?, RuleTable::open(pins)?);
     let Some(interval) = watch else {
-        let doc = collect_stats(pins)?;
+        let doc = collect_stats(&registry, &table)?;
         if json {
             return write_json(&doc);
         }
@@ -699,7 +700,11 @@ fn cmd_stats(pins: &Pins, json: bool, watch: Option<u64>) -> Result<()> {
     let interval = Duration::from_secs(interval.max(1));
     let mut prev: Option<(StatsDoc, std::time::Instant)> = None;
     loop {
-        let doc = collect_stats(pins)?;
+        // A migration or purge replaces the maps: follow it.
+        if !pins.exists() {
+            pins.require()?;
+        }
+        let doc = collect_stats(&registry, &table)?;
         let now = std::time::Instant::now();
         if json {
             write_json(&doc)?;

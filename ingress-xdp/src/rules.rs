@@ -184,8 +184,9 @@ pub struct RuleTable {
     /// Warned once per table that counters ran out.
     warned_full: bool,
     /// Counter slots in use, from one scan, kept up to date by allocations.
-    /// A slot freed meanwhile stays marked until the table is reopened,
-    /// which only delays its reuse.
+    /// A slot freed meanwhile stays marked until the next `apply` or
+    /// `remove` rescans, which only delays its reuse (and spares a batch of
+    /// `set_docker` calls a scan each).
     used: Option<BTreeSet<u16>>,
 }
 
@@ -429,6 +430,7 @@ impl RuleTable {
     /// Sets every port of `specs` to `spec`. Blocking the same ports again
     /// keeps their counter.
     pub fn apply(&mut self, specs: &[PortSpec], spec: &RuleSpec) -> Result<()> {
+        self.used = None;
         let mut allowlists = self.allowlists()?;
         let mut uses = self.counter_use();
         for ps in specs {
@@ -606,6 +608,7 @@ impl RuleTable {
     /// policy blocks stay blocked (its rule takes the slot back); they are
     /// returned with their reason. Also returns how many manual rules existed.
     pub fn remove(&mut self, specs: &[PortSpec]) -> Result<Removal> {
+        self.used = None;
         let mut allowlists = self.allowlists()?;
         let mut removal = Removal::default();
         for ps in specs {
