@@ -3,7 +3,7 @@
 
 use std::{
     fs::File,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,6 +19,7 @@ use super::docker::Dockerd;
 /// A running `ingress-xdp run`, killed (SIGKILL) on drop: the pinned state
 /// stays for the test to inspect; the pin-dir guard removes it.
 pub struct AgentProc {
+    bin: PathBuf,
     child: Option<Child>,
     log: PathBuf,
     args: Vec<String>,
@@ -38,6 +39,18 @@ impl AgentProc {
     /// process has, the agent never inherits DOCKER_HOST, DOCKER_TLS_VERIFY,
     /// DOCKER_CERT_PATH or DOCKER_CONFIG: only `envs` sets them.
     pub fn start_with_env(d: &Dockerd, pins: &Pins, extra: &[&str], envs: &[(&str, &str)]) -> Self {
+        Self::start_bin(Path::new(super::bin()), d, pins, extra, envs)
+    }
+
+    /// Like [`AgentProc::start_with_env`], running the `ingress-xdp` binary
+    /// at `bin` (e.g. an earlier release from [`super::old_release`]).
+    pub fn start_bin(
+        bin: &Path,
+        d: &Dockerd,
+        pins: &Pins,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Self {
         let mut args = vec![
             "--pin-dir".to_string(),
             pins.dir().display().to_string(),
@@ -53,6 +66,7 @@ impl AgentProc {
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = d.root().join(format!("{}.agent.log", super::unique("a")));
         let mut agent = Self {
+            bin: bin.to_path_buf(),
             child: None,
             log,
             args,
@@ -74,7 +88,7 @@ impl AgentProc {
             .expect("agent log");
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.netns.display()))
-            .arg(super::bin())
+            .arg(&self.bin)
             .args(&self.args)
             .env("INGRESS_XDP_LOG", "info")
             .env_remove("DOCKER_HOST")

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -188,4 +188,437 @@ pub fn udp(netns: &Path, src: Option<IpAddr>, dst: SocketAddr, wait: Duration) -
         })
     })
     .unwrap_or_else(|e| Reach::Error(format!("{e:#}")))
+}
+
+// ---------------------------------------------------------------------------
+// Counting servers and the hammer: is there any moment at which a blocked
+// port lets something through?
+
+/// A TCP or UDP server in a namespace that counts every connection it
+/// accepts (TCP) or datagram it receives (UDP), and answers nothing but a
+/// byte. Stopped and joined on drop.
+pub struct CountingServer {
+    name: String,
+    count: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Which transport a server or a probe uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4 {
+    Tcp,
+    Udp,
+}
+
+impl CountingServer {
+    /// Listens on `addr` (e.g. 0.0.0.0:PORT) inside the namespace at
+    /// `netns` (a /var/run/netns file, an ingress_sbox, /proc/PID/ns/net).
+    pub fn start(netns: &Path, l4: L4, addr: SocketAddr, name: &str) -> Self {
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let netns = netns.to_path_buf();
+        let thread = {
+            let (count, stop) = (count.clone(), stop.clone());
+            std::thread::spawn(move || {
+                enter_netns(&netns);
+                match l4 {
+                    L4::Tcp => {
+                        let listener = match TcpListener::bind(addr) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!("bind tcp {addr}: {e}")));
+                                return;
+                            }
+                        };
+                        listener.set_nonblocking(true).unwrap();
+                        ready_tx.send(Ok(())).unwrap();
+                        // After the stop, once more until the backlog is empty.
+                        let mut last_round = false;
+                        loop {
+                            match listener.accept() {
+                                Ok((mut conn, _)) => {
+                                    count.fetch_add(1, Ordering::Relaxed);
+                                    let _ = conn.write_all(b"x");
+                                }
+                                Err(_) if last_round => break,
+                                Err(_) => {
+                                    last_round = stop.load(Ordering::Relaxed);
+                                    if !last_round {
+                                        std::thread::sleep(Duration::from_millis(2));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    L4::Udp => {
+                        let sock = match UdpSocket::bind(addr) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(format!("bind udp {addr}: {e}")));
+                                return;
+                            }
+                        };
+                        sock.set_nonblocking(true).unwrap();
+                        ready_tx.send(Ok(())).unwrap();
+                        let mut buf = [0u8; 1500];
+                        let mut last_round = false;
+                        loop {
+                            match sock.recv_from(&mut buf) {
+                                Ok((_, peer)) => {
+                                    count.fetch_add(1, Ordering::Relaxed);
+                                    let _ = sock.send_to(b"x", peer);
+                                }
+                                Err(_) if last_round => break,
+                                Err(_) => {
+                                    last_round = stop.load(Ordering::Relaxed);
+                                    if !last_round {
+                                        std::thread::sleep(Duration::from_millis(2));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        match ready_rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("counting server {name}: {e}"),
+            Err(_) => panic!("counting server {name} did not start"),
+        }
+        Self {
+            name: name.to_string(),
+            count,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Connections accepted or datagrams received so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// A handle the hammer reads this server's count through.
+    pub fn sink(&self, blocked: bool) -> Sink {
+        Sink {
+            name: self.name.clone(),
+            count: self.count.clone(),
+            blocked,
+        }
+    }
+}
+
+impl Drop for CountingServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A [`CountingServer`]'s count, as the hammer sees it: whatever a blocked
+/// sink receives while the hammer runs is a success of the hammer (a leak).
+#[derive(Clone, Debug)]
+pub struct Sink {
+    pub name: String,
+    count: Arc<AtomicU64>,
+    /// Behind a blocked port (every receipt is a leak), or a control.
+    pub blocked: bool,
+}
+
+/// One stream of attempts of the hammer: TCP connects (each on a fresh
+/// socket, given up after [`HammerLimits::connect_timeout`]) or UDP
+/// datagrams (each from a fresh socket, so a fresh flow), from inside `from`
+/// to `dst`.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub name: String,
+    pub from: PathBuf,
+    pub dst: SocketAddr,
+    pub l4: L4,
+    /// The port is blocked (no attempt may get through), or a control that
+    /// must get through (proof that the path delivers at all).
+    pub blocked: bool,
+}
+
+impl Probe {
+    pub fn blocked(name: &str, from: &Path, l4: L4, dst: SocketAddr) -> Self {
+        Self {
+            name: name.into(),
+            from: from.to_path_buf(),
+            dst,
+            l4,
+            blocked: true,
+        }
+    }
+
+    pub fn control(name: &str, from: &Path, l4: L4, dst: SocketAddr) -> Self {
+        Self {
+            blocked: false,
+            ..Self::blocked(name, from, l4, dst)
+        }
+    }
+}
+
+/// Bounds of a hammer run: it stops by itself after `max_time` or
+/// `max_attempts` per probe, whichever comes first.
+#[derive(Clone, Copy, Debug)]
+pub struct HammerLimits {
+    pub connect_timeout: Duration,
+    /// Pause between two attempts of one probe.
+    pub interval: Duration,
+    pub max_time: Duration,
+    pub max_attempts: u64,
+}
+
+impl Default for HammerLimits {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_millis(80),
+            interval: Duration::from_millis(10),
+            max_time: Duration::from_secs(180),
+            max_attempts: 50_000,
+        }
+    }
+}
+
+/// What one probe did.
+#[derive(Clone, Debug)]
+pub struct ProbeReport {
+    pub name: String,
+    pub blocked: bool,
+    pub attempts: u64,
+    /// TCP connects that completed / UDP datagrams answered, seen by the client.
+    pub client_ok: u64,
+    /// Stopped by its own limits before [`Hammer::stop`].
+    pub exhausted: bool,
+}
+
+/// What a [`Hammer`] saw between its start and its stop.
+#[derive(Clone, Debug)]
+pub struct HammerReport {
+    pub probes: Vec<ProbeReport>,
+    /// (sink, blocked, received while the hammer ran).
+    pub sinks: Vec<(String, bool, u64)>,
+    pub elapsed: Duration,
+}
+
+impl HammerReport {
+    /// (attempts, successes) at blocked ports: attempts of the blocked
+    /// probes; successes = what their sinks received plus what their
+    /// clients saw answered.
+    pub fn totals(&self) -> (u64, u64) {
+        let attempts = self
+            .probes
+            .iter()
+            .filter(|p| p.blocked)
+            .map(|p| p.attempts)
+            .sum();
+        let received: u64 = self.sinks.iter().filter(|s| s.1).map(|s| s.2).sum();
+        let answered: u64 = self
+            .probes
+            .iter()
+            .filter(|p| p.blocked)
+            .map(|p| p.client_ok)
+            .sum();
+        (attempts, received + answered)
+    }
+
+    /// Controls that never got through (their path is broken, so zero
+    /// successes elsewhere would prove nothing).
+    pub fn dead_controls(&self) -> Vec<String> {
+        self.probes
+            .iter()
+            .filter(|p| !p.blocked && p.client_ok == 0)
+            .map(|p| p.name.clone())
+            .chain(
+                self.sinks
+                    .iter()
+                    .filter(|s| !s.1 && s.2 == 0)
+                    .map(|s| s.0.clone()),
+            )
+            .collect()
+    }
+
+    /// Probes that ran out of their limits before the hammer was stopped
+    /// (so part of the window was not covered).
+    pub fn exhausted(&self) -> Vec<String> {
+        self.probes
+            .iter()
+            .filter(|p| p.exhausted)
+            .map(|p| p.name.clone())
+            .collect()
+    }
+
+    /// Panics, naming `what`, unless every blocked probe made attempts,
+    /// nothing got through a blocked port, every control got through, and
+    /// the hammer covered the whole window.
+    #[track_caller]
+    pub fn assert_sealed(&self, what: &str) {
+        let (attempts, successes) = self.totals();
+        eprintln!(
+            "[ixt-hammer] {what}: {attempts} attempts at blocked ports, {successes} got through, in {:.1} s",
+            self.elapsed.as_secs_f64()
+        );
+        let idle: Vec<&str> = self
+            .probes
+            .iter()
+            .filter(|p| p.blocked && p.attempts == 0)
+            .map(|p| p.name.as_str())
+            .collect();
+        assert!(
+            attempts > 0 && idle.is_empty(),
+            "{what}: the hammer made no attempts at {idle:?}: {self:#?}"
+        );
+        assert_eq!(
+            successes, 0,
+            "{what}: a blocked port let traffic through ({successes} of {attempts} attempts): {self:#?}"
+        );
+        let dead = self.dead_controls();
+        assert!(
+            dead.is_empty(),
+            "{what}: control targets {dead:?} were never served, so the hammer's paths are broken: {self:#?}"
+        );
+        let exhausted = self.exhausted();
+        assert!(
+            exhausted.is_empty(),
+            "{what}: probes {exhausted:?} hit their limits before the hammer was stopped: {self:#?}"
+        );
+    }
+}
+
+/// Background clients that keep trying `probes` until stopped (or their
+/// limits), while `sinks` count what reaches the servers.
+pub struct Hammer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<ProbeReport>>,
+    sinks: Vec<(Sink, u64)>,
+    started: std::time::Instant,
+}
+
+impl Hammer {
+    pub fn start(probes: Vec<Probe>, sinks: Vec<Sink>, limits: HammerLimits) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sinks: Vec<(Sink, u64)> = sinks
+            .into_iter()
+            .map(|s| {
+                let at_start = s.count.load(Ordering::Relaxed);
+                (s, at_start)
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let threads = probes
+            .into_iter()
+            .map(|probe| {
+                let stop = stop.clone();
+                std::thread::spawn(move || run_probe(probe, limits, &stop, started))
+            })
+            .collect();
+        Self {
+            stop,
+            threads,
+            sinks,
+            started,
+        }
+    }
+
+    /// Stops the clients, waits for what is in flight to land, and reports.
+    pub fn stop(mut self) -> HammerReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let probes: Vec<ProbeReport> = self
+            .threads
+            .drain(..)
+            .map(|t| t.join().expect("hammer probe thread panicked"))
+            .collect();
+        // A packet that got through just before the stop reaches its server
+        // within a few milliseconds.
+        std::thread::sleep(Duration::from_millis(200));
+        let sinks = self
+            .sinks
+            .iter()
+            .map(|(s, at_start)| {
+                (
+                    s.name.clone(),
+                    s.blocked,
+                    s.count.load(Ordering::Relaxed) - at_start,
+                )
+            })
+            .collect();
+        HammerReport {
+            probes,
+            sinks,
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+impl Drop for Hammer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run_probe(
+    probe: Probe,
+    limits: HammerLimits,
+    stop: &AtomicBool,
+    started: std::time::Instant,
+) -> ProbeReport {
+    // A thread of its own: entering the namespace once is enough.
+    enter_netns(&probe.from);
+    let mut report = ProbeReport {
+        name: probe.name.clone(),
+        blocked: probe.blocked,
+        attempts: 0,
+        client_ok: 0,
+        exhausted: false,
+    };
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::Relaxed) {
+        if started.elapsed() > limits.max_time || report.attempts >= limits.max_attempts {
+            report.exhausted = true;
+            break;
+        }
+        report.attempts += 1;
+        match probe.l4 {
+            L4::Tcp => {
+                let Ok(sock) = Socket::new(Domain::for_address(probe.dst), Type::STREAM, None)
+                else {
+                    continue;
+                };
+                if sock
+                    .connect_timeout(&probe.dst.into(), limits.connect_timeout)
+                    .is_ok()
+                {
+                    report.client_ok += 1;
+                }
+            }
+            L4::Udp => {
+                let bind: SocketAddr = match probe.dst {
+                    SocketAddr::V4(_) => "0.0.0.0:0".parse().unwrap(),
+                    SocketAddr::V6(_) => "[::]:0".parse().unwrap(),
+                };
+                if let Ok(sock) = UdpSocket::bind(bind) {
+                    let _ =
+                        sock.set_read_timeout(Some(limits.interval.max(Duration::from_millis(5))));
+                    if sock.send_to(b"hammer", probe.dst).is_ok() && sock.recv(&mut buf).is_ok() {
+                        report.client_ok += 1;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(limits.interval);
+    }
+    report
 }
