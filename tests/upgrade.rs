@@ -1252,7 +1252,21 @@ fn failed_migration_keeps_dropping() {
             let between = if step == "commit" {
                 (Some(new.rules()), new.try_status(), None)
             } else {
-                (None, None, Some((old_cli.rules(), old_cli.status())))
+                let status = old_cli.status();
+                // What the kernel runs, read now: the retry swaps it.
+                let kernel: Vec<(String, Option<u64>, u64)> = status
+                    .points
+                    .iter()
+                    .map(|p| {
+                        let ns = p
+                            .netns
+                            .as_ref()
+                            .map(PathBuf::from)
+                            .unwrap_or_else(|| w.d.netns_path());
+                        (p.describe(), kernel_xdp_prog(&ns, &p.iface), p.program_id)
+                    })
+                    .collect();
+                (None, None, Some((old_cli.rules(), status, kernel)))
             };
             retried = Some((new.out(&args), between));
         });
@@ -1270,7 +1284,7 @@ fn failed_migration_keeps_dropping() {
         );
         report.assert_sealed(&what);
 
-        if let Some((rules, status)) = old_between {
+        if let Some((rules, status, kernel)) = old_between {
             // Not committed: 0.1.0's maps and programs are still what runs.
             let strip = |r: &[Rule]| {
                 r.iter()
@@ -1289,17 +1303,11 @@ fn failed_migration_keeps_dropping() {
                 old.status.raw,
                 status.raw
             );
-            for p in &status.points {
-                let ns = p
-                    .netns
-                    .as_ref()
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| w.d.netns_path());
+            for (point, running, recorded) in kernel {
                 assert_eq!(
-                    kernel_xdp_prog(&ns, &p.iface),
-                    Some(p.program_id),
-                    "{what}: the kernel does not run 0.1.0's program on {} any more",
-                    p.describe()
+                    running,
+                    Some(recorded),
+                    "{what}: the kernel does not run 0.1.0's program on {point} any more"
                 );
             }
         } else {
