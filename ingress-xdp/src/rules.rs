@@ -174,8 +174,8 @@ pub struct RuleTable {
     /// The same `RULES`, mapped: reads without a syscall per slot.
     view: MappedArray,
     counters: PerCpuArray<MapData, RuleCounters>,
-    allow_v4: LpmTrie<MapData, AllowKeyV4, u8>,
-    allow_v6: LpmTrie<MapData, AllowKeyV6, u8>,
+    allow_v4: AllowV4,
+    allow_v6: AllowV6,
     origins: HashMap<MapData, RuleKey, RuleOrigin>,
     /// Own fds of the maps read in batches (the typed maps keep theirs).
     counters_fd: OwnedFd,
@@ -304,24 +304,7 @@ impl RuleTable {
 
     /// Every allowlisted prefix, grouped by rule.
     pub(crate) fn allowlists(&self) -> Result<BTreeMap<RuleKey, BTreeSet<Cidr>>> {
-        let mut out: BTreeMap<RuleKey, BTreeSet<Cidr>> = BTreeMap::new();
-        for key in self.allow_v4.keys() {
-            let key = key.context("iterating ALLOW_V4")?;
-            let data = key.data();
-            let len = key.prefix_len().saturating_sub(ALLOW_RULE_PREFIX_BITS) as u8;
-            if let Some(c) = Cidr::new(IpAddr::from(data.addr), len) {
-                out.entry(data.rule).or_default().insert(c);
-            }
-        }
-        for key in self.allow_v6.keys() {
-            let key = key.context("iterating ALLOW_V6")?;
-            let data = key.data();
-            let len = key.prefix_len().saturating_sub(ALLOW_RULE_PREFIX_BITS) as u8;
-            if let Some(c) = Cidr::new(IpAddr::from(data.addr), len) {
-                out.entry(data.rule).or_default().insert(c);
-            }
-        }
-        Ok(out)
+        read_allowlists(&self.allow_v4, &self.allow_v6)
     }
 
     pub(crate) fn insert_prefix(&mut self, rule: RuleKey, cidr: &Cidr) -> Result<()> {
@@ -721,6 +704,41 @@ impl RuleTable {
     pub fn ranges(&self) -> Result<Vec<RuleRange>> {
         Ok(fold_ranges(&self.list()?))
     }
+}
+
+pub(crate) type AllowV4 = LpmTrie<MapData, AllowKeyV4, u8>;
+pub(crate) type AllowV6 = LpmTrie<MapData, AllowKeyV6, u8>;
+
+/// Every prefix of a pair of allowlist tries, grouped by rule (layouts 1
+/// and 2 share the key format).
+pub(crate) fn read_allowlists(
+    v4: &AllowV4,
+    v6: &AllowV6,
+) -> Result<BTreeMap<RuleKey, BTreeSet<Cidr>>> {
+    let mut out: BTreeMap<RuleKey, BTreeSet<Cidr>> = BTreeMap::new();
+    let mut add = |rule: RuleKey, addr: IpAddr, prefix_len: u32| {
+        let len = prefix_len.saturating_sub(ALLOW_RULE_PREFIX_BITS) as u8;
+        if let Some(c) = Cidr::new(addr, len) {
+            out.entry(rule).or_default().insert(c);
+        }
+    };
+    for key in v4.keys() {
+        let key = key.context("iterating ALLOW_V4")?;
+        add(
+            key.data().rule,
+            IpAddr::from(key.data().addr),
+            key.prefix_len(),
+        );
+    }
+    for key in v6.keys() {
+        let key = key.context("iterating ALLOW_V6")?;
+        add(
+            key.data().rule,
+            IpAddr::from(key.data().addr),
+            key.prefix_len(),
+        );
+    }
+    Ok(out)
 }
 
 /// The (protocol, port) of a `RULES` slot.

@@ -30,11 +30,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use aya::maps::{MapData, lpm_trie::LpmTrie};
 use ingress_xdp_common::{
-    AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, BUILD_LEN, IFNAME_LEN, LAYOUT_VERSION,
-    MAX_ATTACH_POINTS, MAX_RULE_COUNTERS, NETNS_PATH_LEN, NO_COUNTER, RULE_SLOTS, Rule,
-    RuleCounters, RuleKey, RuleOrigin, action, hook,
+    AttachCounters, AttachInfo, BUILD_LEN, IFNAME_LEN, LAYOUT_VERSION, MAX_ATTACH_POINTS,
+    MAX_RULE_COUNTERS, NETNS_PATH_LEN, NO_COUNTER, RULE_SLOTS, Rule, RuleCounters, RuleKey,
+    RuleOrigin, action, hook,
 };
 
 use crate::{
@@ -42,7 +41,7 @@ use crate::{
     bpf,
     fixed::to_fixed,
     pins::{self, Found, LAYOUT_1_BUILD, Pins},
-    rules::{RuleTable, open_map_at, port_of},
+    rules::{RuleTable, open_map_at, port_of, read_allowlists},
     sys,
 };
 
@@ -243,27 +242,11 @@ fn copy_layout_1(pins: &Pins, staging: &Path) -> Result<CounterPlan> {
     for (key, origin) in &origins {
         table.put_origin(*key, origin)?;
     }
-    let mut allow: BTreeMap<RuleKey, BTreeSet<crate::cidr::Cidr>> = BTreeMap::new();
-    {
-        let path = old.join("ALLOW_V4");
-        let trie: LpmTrie<MapData, AllowKeyV4, u8> = open_map_at(&path)?.try_into()?;
-        for key in trie.keys() {
-            let key = key.with_context(|| format!("iterating {}", path.display()))?;
-            let len = key.prefix_len().saturating_sub(32) as u8;
-            if let Some(c) = crate::cidr::Cidr::new(key.data().addr.into(), len) {
-                allow.entry(key.data().rule).or_default().insert(c);
-            }
-        }
-        let path = old.join("ALLOW_V6");
-        let trie: LpmTrie<MapData, AllowKeyV6, u8> = open_map_at(&path)?.try_into()?;
-        for key in trie.keys() {
-            let key = key.with_context(|| format!("iterating {}", path.display()))?;
-            let len = key.prefix_len().saturating_sub(32) as u8;
-            if let Some(c) = crate::cidr::Cidr::new(key.data().addr.into(), len) {
-                allow.entry(key.data().rule).or_default().insert(c);
-            }
-        }
-    }
+    let allow = read_allowlists(
+        &open_map_at(&old.join("ALLOW_V4"))?.try_into()?,
+        &open_map_at(&old.join("ALLOW_V6"))?.try_into()?,
+    )
+    .with_context(|| format!("reading the allowlists in {}", old.display()))?;
     for (key, cidrs) in &allow {
         for cidr in cidrs {
             table.insert_prefix(*key, cidr)?;

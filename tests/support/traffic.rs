@@ -166,29 +166,43 @@ pub fn tcp(netns: &Path, src: Option<IpAddr>, dst: SocketAddr, wait: Duration) -
     .unwrap_or_else(|e| Reach::Error(format!("{e:#}")))
 }
 
-/// One UDP request/response from inside `netns`, waiting at most `wait`.
+/// UDP request/response from inside `netns`, waiting at most `wait`. The
+/// datagram is sent again every [`UDP_RESEND`] until then: one datagram can
+/// be lost on a loaded machine (e.g. while a neighbour is resolved), and
+/// UDP does not retry by itself.
 pub fn udp(netns: &Path, src: Option<IpAddr>, dst: SocketAddr, wait: Duration) -> Reach {
     ingress_xdp::sys::in_netns(Some(netns), || {
         let sock = client_socket(Type::DGRAM, Protocol::UDP, src, dst, wait)?;
-        sock.send_to(b"ping", &dst.into())?;
         let sock: UdpSocket = sock.into();
+        let deadline = std::time::Instant::now() + wait;
         let mut buf = [0u8; 1500];
-        Ok(match sock.recv(&mut buf) {
-            Ok(n) => Reach::Served(String::from_utf8_lossy(&buf[..n]).into_owned()),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                Reach::Silent
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
-            Err(e) => Reach::Error(e.to_string()),
-        })
+        loop {
+            sock.send_to(b"ping", dst)?;
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            sock.set_read_timeout(Some(left.min(UDP_RESEND).max(Duration::from_millis(1))))?;
+            return Ok(match sock.recv(&mut buf) {
+                Ok(n) => Reach::Served(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if std::time::Instant::now() < deadline {
+                        continue;
+                    }
+                    Reach::Silent
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Reach::Refused,
+                Err(e) => Reach::Error(e.to_string()),
+            });
+        }
     })
     .unwrap_or_else(|e| Reach::Error(format!("{e:#}")))
 }
+
+/// How often [`udp`] sends its datagram again while waiting.
+pub const UDP_RESEND: Duration = Duration::from_millis(500);
 
 // ---------------------------------------------------------------------------
 // Counting servers and the hammer: is there any moment at which a blocked
