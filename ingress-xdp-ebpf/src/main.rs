@@ -78,16 +78,16 @@ enum Outcome {
 }
 
 #[inline(always)]
-fn source_allowed(key: RuleKey, source: Source) -> bool {
+fn source_allowed(frame: &Frame, key: RuleKey, source: Source) -> bool {
     match source {
-        Source::V4(addr) => {
+        Source::V4(at) => frame.bytes::<4>(at).is_some_and(|addr| {
             let key = Key::new(ALLOW_RULE_PREFIX_BITS + 32, AllowKeyV4 { rule: key, addr });
             ALLOW_V4.get(&key).is_some()
-        }
-        Source::V6(addr) => {
+        }),
+        Source::V6(at) => frame.bytes::<16>(at).is_some_and(|addr| {
             let key = Key::new(ALLOW_RULE_PREFIX_BITS + 128, AllowKeyV6 { rule: key, addr });
             ALLOW_V6.get(&key).is_some()
-        }
+        }),
     }
 }
 
@@ -104,7 +104,7 @@ fn count_rule(rule: &Rule, bytes: u64) {
 }
 
 #[inline(always)]
-fn judge(pkt: Judgeable, bytes: u64) -> Outcome {
+fn judge(frame: &Frame, pkt: Judgeable, bytes: u64) -> Outcome {
     let Some(plane) = proto_plane(pkt.proto) else {
         return Outcome::Passed;
     };
@@ -113,7 +113,7 @@ fn judge(pkt: Judgeable, bytes: u64) -> Outcome {
         _ => return Outcome::Passed,
     };
     if rule.flags & rule_flags::HAS_ALLOWLIST != 0
-        && source_allowed(RuleKey::new(pkt.proto, pkt.dport), pkt.source)
+        && source_allowed(frame, RuleKey::new(pkt.proto, pkt.dport), pkt.source)
     {
         return Outcome::Allowed;
     }
@@ -148,7 +148,7 @@ fn record(outcome: &Outcome) {
 #[inline(always)]
 fn classify(frame: &Frame, offloaded_tags: usize, bytes: u64) -> Outcome {
     match parse::parse(frame, offloaded_tags) {
-        Ok(Parsed::Port(pkt)) => judge(pkt, bytes),
+        Ok(Parsed::Port(pkt)) => judge(frame, pkt, bytes),
         Ok(Parsed::NoPort) => Outcome::Passed,
         Err(_) => Outcome::NotParsed,
     }

@@ -49,11 +49,14 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
 
-/// Where a port-bearing packet came from.
+/// Where a port-bearing packet's source address sits in the frame. Only a
+/// rule with an allowlist reads it, so the common path never copies it.
 #[derive(Clone, Copy)]
 pub enum Source {
-    V4([u8; 4]),
-    V6([u8; 16]),
+    /// Offset of the 4-byte IPv4 source address.
+    V4(usize),
+    /// Offset of the 16-byte IPv6 source address.
+    V6(usize),
 }
 
 /// A packet we can judge: its transport protocol, destination port and source.
@@ -86,6 +89,14 @@ impl Frame {
     #[inline(always)]
     pub fn new(start: usize, end: usize) -> Self {
         Self { start, end }
+    }
+
+    /// The `N` bytes at `offset`, if they lie inside the frame.
+    #[inline(always)]
+    pub fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        let ptr: *const [u8; N] = self.at(offset).ok()?;
+        // SAFETY: `at` checked the N bytes are inside the frame.
+        Some(unsafe { *ptr })
     }
 
     /// A pointer to a `T` at `offset`, if the whole `T` lies inside the frame.
@@ -146,20 +157,22 @@ pub fn parse(frame: &Frame, offloaded_tags: usize) -> Result<Parsed, Malformed> 
 #[inline(always)]
 fn ipv4(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
     let ip: *const Ipv4Hdr = frame.at(offset)?;
-    // SAFETY: the fixed 20-byte header is inside the frame.
-    let ip = unsafe { *ip };
-    if ip.vihl >> 4 != 4 {
+    // SAFETY: the fixed 20-byte header is inside the frame. Only the fields
+    // used are read: a copy of the header would cost loads and spills.
+    let (vihl, tot_len, frags, proto) =
+        unsafe { ((*ip).vihl, (*ip).tot_len, (*ip).frags, (*ip).proto) };
+    if vihl >> 4 != 4 {
         return Err(Malformed);
     }
-    let header_len = ((ip.vihl & 0x0F) as usize) << 2;
-    let total_len = u16::from_be_bytes(ip.tot_len) as usize;
+    let header_len = ((vihl & 0x0F) as usize) << 2;
+    let total_len = u16::from_be_bytes(tot_len) as usize;
     if header_len < Ipv4Hdr::LEN || total_len < header_len {
         return Err(Malformed);
     }
-    if !is_filtered(ip.proto) {
+    if !is_filtered(proto) {
         return Ok(Parsed::NoPort);
     }
-    if u16::from_be_bytes(ip.frags) & 0x1FFF != 0 {
+    if u16::from_be_bytes(frags) & 0x1FFF != 0 {
         return Ok(Parsed::NoPort);
     }
     if header_len + 4 > total_len {
@@ -167,9 +180,10 @@ fn ipv4(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
     }
     let dport = dport_at(frame, offset + header_len)?;
     Ok(Parsed::Port(Judgeable {
-        proto: ip.proto,
+        proto,
         dport,
-        source: Source::V4(ip.src_addr),
+        // src_addr: bytes 12..16 of the header.
+        source: Source::V4(offset + 12),
     }))
 }
 
@@ -234,10 +248,10 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
         return Err(Malformed);
     }
     let dport = dport_at(frame, payload + ext_len)?;
-    let src: *const [u8; 16] = frame.at(offset + 8)?;
     Ok(Parsed::Port(Judgeable {
         proto: next,
         dport,
-        source: Source::V6(unsafe { *src }),
+        // The source address: bytes 8..24 of the fixed header.
+        source: Source::V6(offset + 8),
     }))
 }

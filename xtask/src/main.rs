@@ -85,6 +85,20 @@ fn workspace_root() -> PathBuf {
 fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
+    // `cargo xtask` runs us with the variables cargo sets for a package's
+    // own process; a nested cargo that inherits them sees a changed
+    // environment and rebuilds what a plain `cargo build` built.
+    for (key, _) in std::env::vars_os() {
+        if let Some(key) = key.to_str()
+            && (key.starts_with("CARGO_PKG_")
+                || matches!(
+                    key,
+                    "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_BIN_NAME"
+                ))
+        {
+            cmd.env_remove(key);
+        }
+    }
     cmd
 }
 
