@@ -178,7 +178,7 @@ pub fn lookup_batch(
 /// The programs and map updates write the same memory, so reads are live.
 pub struct MappedArray {
     ptr: *mut libc::c_void,
-    len: usize,
+    mapped_bytes: usize,
     stride: usize,
     entries: usize,
 }
@@ -214,7 +214,7 @@ impl MappedArray {
         }
         Ok(Self {
             ptr,
-            len,
+            mapped_bytes: len,
             stride,
             entries,
         })
@@ -243,6 +243,6 @@ impl MappedArray {
 impl Drop for MappedArray {
     fn drop(&mut self) {
         // SAFETY: our own mapping, unmapped once.
-        unsafe { libc::munmap(self.ptr, self.len) };
+        unsafe { libc::munmap(self.ptr, self.mapped_bytes) };
     }
 }
