@@ -13,6 +13,7 @@ use std::{
 
 pub mod agent;
 pub mod docker;
+pub mod old_release;
 pub mod reference;
 pub mod traffic;
 
