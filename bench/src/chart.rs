@@ -26,6 +26,8 @@ const OURS: RGBColor = RGBColor(31, 119, 180);
 const CEILING: RGBColor = RGBColor(44, 160, 44);
 const OTHER: RGBColor = RGBColor(150, 150, 150);
 const SECOND: RGBColor = RGBColor(255, 127, 14);
+const OURS_LIGHT: RGBColor = RGBColor(130, 180, 225);
+const SECOND_LIGHT: RGBColor = RGBColor(255, 190, 130);
 
 struct Bar {
     value: f64,
@@ -103,8 +105,26 @@ pub fn write(run: &Run, path: &Path) -> Result<()> {
 
 fn cost_panel(run: &Run) -> Panel {
     let subjects = [
-        (Subject::Ours(Hook::Xdp, Rules::One), "ours XDP", OURS),
-        (Subject::Ours(Hook::Tc, Rules::One), "ours TC", SECOND),
+        (
+            Subject::Ours(Hook::Xdp, Rules::One),
+            "ours XDP, 1 port",
+            OURS,
+        ),
+        (
+            Subject::Ours(Hook::Xdp, Rules::Counted),
+            "ours XDP, 4,096 counted",
+            OURS_LIGHT,
+        ),
+        (
+            Subject::Ours(Hook::Tc, Rules::One),
+            "ours TC, 1 port",
+            SECOND,
+        ),
+        (
+            Subject::Ours(Hook::Tc, Rules::Counted),
+            "ours TC, 4,096 counted",
+            SECOND_LIGHT,
+        ),
         (Subject::XdpFilter, "xdp-filter", OTHER),
         (Subject::Minimal, "minimal port check", CEILING),
     ];
@@ -124,7 +144,7 @@ fn cost_panel(run: &Run) -> Panel {
     });
     Panel {
         title: "1. Per-packet cost above the test_run floor".into(),
-        unit: "ns per packet (1 port blocked)",
+        unit: "ns per packet",
         series: subjects.iter().map(|(_, n, c)| (*n, *c)).collect(),
         rows,
     }
