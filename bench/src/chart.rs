@@ -14,7 +14,8 @@ use plotters::{
 use crate::{
     cost::{Hook, Rules, Subject},
     methods::Method,
-    report::{Run, control_rows},
+    reads::{Read, Table},
+    report::{Run, control_rows, reads_rows, upgrade_summaries},
     stats::{Summary, percentile},
 };
 
@@ -78,7 +79,7 @@ fn register_fonts() -> Result<()> {
 
 pub fn write(run: &Run, path: &Path) -> Result<()> {
     register_fonts()?;
-    let root = BitMapBackend::new(path, (1600, 1200)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1600, 1750)).into_drawing_area();
     plot(root.fill(&WHITE))?;
     let (title, body) = root.split_vertically(50);
     plot(title.titled(
@@ -96,8 +97,10 @@ pub fn write(run: &Run, path: &Path) -> Result<()> {
         rate_panel(run),
         receiver_panel(run),
         control_panel(run),
+        reads_panel(run),
+        upgrade_panel(run),
     ];
-    for (area, panel) in body.split_evenly((2, 2)).iter().zip(&panels) {
+    for (area, panel) in body.split_evenly((3, 2)).iter().zip(&panels) {
         draw_panel(area, panel)?;
     }
     plot(root.present()).with_context(|| format!("writing {}", path.display()))
@@ -207,6 +210,68 @@ fn control_panel(run: &Run) -> Panel {
         title: "3. Control plane against dockerd".into(),
         unit: "milliseconds",
         series: vec![("p50", OURS), ("p99", SECOND)],
+        rows,
+    }
+}
+
+fn reads_panel(run: &Run) -> Panel {
+    let short_read = |r: Read| match r {
+        Read::ListInProcess => "ranges()",
+        Read::StatsInProcess => "stats refresh",
+        Read::ListCli => "list --json",
+        Read::StatsCli => "stats --json",
+    };
+    let short_table = |t: Table| match t {
+        Table::Singles => "10k rules",
+        Table::Range => "1 range",
+    };
+    let rows = run.reads.done().map_or_else(Vec::new, |r| {
+        reads_rows(r)
+            .into_iter()
+            .map(|(read, table, new, old)| Row {
+                label: format!("{}, {}", short_read(read), short_table(table)),
+                bars: vec![
+                    Bar::of(Summary::of(new)),
+                    old.and_then(|o| Bar::of(Summary::of(&o.ms))),
+                ],
+                color: None,
+            })
+            .collect()
+    });
+    Panel {
+        title: "4. Reads with 10,000 ports blocked".into(),
+        unit: "milliseconds (ranges(), stats refresh: in-process; --json: the process)",
+        series: vec![("this build", OURS), ("0.1.0", OTHER)],
+        rows,
+    }
+}
+
+fn upgrade_panel(run: &Run) -> Panel {
+    let (rows, passed) = run.upgrade.done().map_or_else(
+        || (Vec::new(), None),
+        |u| {
+            let (p, e) = upgrade_summaries(u);
+            let row = |label: &str, s| Row {
+                label: label.into(),
+                bars: vec![Bar::of(s)],
+                color: None,
+            };
+            (
+                vec![
+                    row("spawn -> new program on the link", p),
+                    row("spawn -> attach exited", e),
+                ],
+                Some(u.trials.iter().map(|t| t.passed).sum::<u64>()),
+            )
+        },
+    );
+    Panel {
+        title: match passed {
+            Some(n) => format!("5. Upgrade from 0.1.0 under traffic ({n} blocked packets passed)"),
+            None => "5. Upgrade from 0.1.0 under traffic".into(),
+        },
+        unit: "milliseconds",
+        series: vec![("ms", OURS)],
         rows,
     }
 }

@@ -6,7 +6,9 @@ use crate::{
     frames::Kind,
     methods::Method,
     rate::MethodResult,
+    reads::{Build, Read, ReadsResults, Table},
     stats::{Summary, percentile},
+    upgrade::UpgradeResults,
 };
 
 pub struct Goal {
@@ -47,6 +49,8 @@ pub fn evaluate(
     cost: Option<&CostResults>,
     rate: Option<&[MethodResult]>,
     control: Option<&ControlResults>,
+    reads: Option<&ReadsResults>,
+    upgrade: Option<&UpgradeResults>,
 ) -> Vec<Goal> {
     let mut goals = Vec::new();
     for (hook, name) in [(Hook::Xdp, "XDP"), (Hook::Tc, "TC")] {
@@ -127,7 +131,59 @@ pub fn evaluate(
             ))
         }),
     ));
+    goals.push(Goal::new(
+        4,
+        "`ingress-xdp list` with 10,000 rules <= 20 ms (the process, spawn to exit)",
+        reads.and_then(|r| worst_read(r, Read::ListCli, 20.0)),
+    ));
+    goals.push(Goal::new(
+        4,
+        "one `stats` refresh (as `stats --watch` collects it) with 10,000 rules <= 5 ms",
+        reads.and_then(|r| worst_read(r, Read::StatsInProcess, 5.0)),
+    ));
+    goals.push(Goal::new(
+        5,
+        "upgrade from 0.1.0 in place under traffic: 0 packets to the blocked port pass",
+        upgrade.and_then(upgrade_passed),
+    ));
     goals
+}
+
+/// The worst median of `read` (this build) over the part-4 tables.
+fn worst_read(r: &ReadsResults, read: Read, limit: f64) -> Option<(String, bool)> {
+    let mut parts = Vec::new();
+    let mut worst = f64::MIN;
+    for table in Table::ALL {
+        let s = Summary::of(r.ms(Build::Current, table, read)?)?;
+        worst = worst.max(s.median);
+        parts.push(format!(
+            "{}: {:.1} ms (max {:.1})",
+            table.name(),
+            s.median,
+            s.max
+        ));
+    }
+    Some((parts.join("; "), worst <= limit))
+}
+
+fn upgrade_passed(u: &UpgradeResults) -> Option<(String, bool)> {
+    if u.trials.is_empty() {
+        return None;
+    }
+    let sum = |f: fn(&crate::upgrade::Trial) -> u64| u.trials.iter().map(f).sum::<u64>();
+    let (sent, dropped, passed) = (sum(|t| t.sent), sum(|t| t.dropped), sum(|t| t.passed));
+    let to_program: Vec<f64> = u.trials.iter().map(|t| t.to_program_ms).collect();
+    let to_exit: Vec<f64> = u.trials.iter().map(|t| t.to_exit_ms).collect();
+    let (p, e) = (Summary::of(&to_program)?, Summary::of(&to_exit)?);
+    Some((
+        format!(
+            "{passed} passed, {dropped} dropped of {sent} sent ({} trials); new program on the link {:.1} ms, attach exited {:.1} ms after spawn",
+            u.trials.len(),
+            p.median,
+            e.median
+        ),
+        passed == 0 && u.counter_check > 0,
+    ))
 }
 
 /// The largest median above the floor over `kinds` and every rule table.
