@@ -89,13 +89,13 @@ pub fn evaluate(
         2,
         "ours XDP native >= 0.95x the bare XDP_DROP rate",
         ratio(Method::OursXdpNative, Method::BareDrop, |r| &r.mpps)
-            .map(|(x, a, b)| (format!("{x:.2}x ({a:.2} vs {b:.2} Mpps)"), x >= 0.95)),
+            .map(|(x, a, b)| (format!("{x:.3}x ({a:.2} vs {b:.2} Mpps)"), x >= 0.95)),
     ));
     goals.push(Goal::new(
         2,
         "receiver cost of ours XDP native <= 1.10x the bare XDP_DROP program",
         ratio(Method::OursXdpNative, Method::BareDrop, |r| &r.cost_ns)
-            .map(|(x, a, b)| (format!("{x:.2}x ({a:.0} vs {b:.0} ns/packet)"), x <= 1.10)),
+            .map(|(x, a, b)| (format!("{x:.3}x ({a:.0} vs {b:.0} ns/packet)"), x <= 1.10)),
     ));
     let p99 = |samples: &[f64]| {
         let (p50, p99) = (percentile(samples, 50.0)?, percentile(samples, 99.0)?);
