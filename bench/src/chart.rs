@@ -14,7 +14,8 @@ use plotters::{
 use crate::{
     cost::{Hook, Rules, Subject},
     methods::Method,
-    report::{Run, control_rows},
+    reads::{Read, Table},
+    report::{Run, control_rows, reads_rows, upgrade_summaries},
     stats::{Summary, percentile},
 };
 
@@ -26,6 +27,8 @@ const OURS: RGBColor = RGBColor(31, 119, 180);
 const CEILING: RGBColor = RGBColor(44, 160, 44);
 const OTHER: RGBColor = RGBColor(150, 150, 150);
 const SECOND: RGBColor = RGBColor(255, 127, 14);
+const OURS_LIGHT: RGBColor = RGBColor(130, 180, 225);
+const SECOND_LIGHT: RGBColor = RGBColor(255, 190, 130);
 
 struct Bar {
     value: f64,
@@ -76,7 +79,7 @@ fn register_fonts() -> Result<()> {
 
 pub fn write(run: &Run, path: &Path) -> Result<()> {
     register_fonts()?;
-    let root = BitMapBackend::new(path, (1600, 1200)).into_drawing_area();
+    let root = BitMapBackend::new(path, (1600, 1750)).into_drawing_area();
     plot(root.fill(&WHITE))?;
     let (title, body) = root.split_vertically(50);
     plot(title.titled(
@@ -94,8 +97,10 @@ pub fn write(run: &Run, path: &Path) -> Result<()> {
         rate_panel(run),
         receiver_panel(run),
         control_panel(run),
+        reads_panel(run),
+        upgrade_panel(run),
     ];
-    for (area, panel) in body.split_evenly((2, 2)).iter().zip(&panels) {
+    for (area, panel) in body.split_evenly((3, 2)).iter().zip(&panels) {
         draw_panel(area, panel)?;
     }
     plot(root.present()).with_context(|| format!("writing {}", path.display()))
@@ -103,8 +108,26 @@ pub fn write(run: &Run, path: &Path) -> Result<()> {
 
 fn cost_panel(run: &Run) -> Panel {
     let subjects = [
-        (Subject::Ours(Hook::Xdp, Rules::One), "ours XDP", OURS),
-        (Subject::Ours(Hook::Tc, Rules::One), "ours TC", SECOND),
+        (
+            Subject::Ours(Hook::Xdp, Rules::One),
+            "ours XDP, 1 port",
+            OURS,
+        ),
+        (
+            Subject::Ours(Hook::Xdp, Rules::Counted),
+            "ours XDP, 4,096 counted",
+            OURS_LIGHT,
+        ),
+        (
+            Subject::Ours(Hook::Tc, Rules::One),
+            "ours TC, 1 port",
+            SECOND,
+        ),
+        (
+            Subject::Ours(Hook::Tc, Rules::Counted),
+            "ours TC, 4,096 counted",
+            SECOND_LIGHT,
+        ),
         (Subject::XdpFilter, "xdp-filter", OTHER),
         (Subject::Minimal, "minimal port check", CEILING),
     ];
@@ -124,7 +147,7 @@ fn cost_panel(run: &Run) -> Panel {
     });
     Panel {
         title: "1. Per-packet cost above the test_run floor".into(),
-        unit: "ns per packet (1 port blocked)",
+        unit: "ns per packet",
         series: subjects.iter().map(|(_, n, c)| (*n, *c)).collect(),
         rows,
     }
@@ -187,6 +210,68 @@ fn control_panel(run: &Run) -> Panel {
         title: "3. Control plane against dockerd".into(),
         unit: "milliseconds",
         series: vec![("p50", OURS), ("p99", SECOND)],
+        rows,
+    }
+}
+
+fn reads_panel(run: &Run) -> Panel {
+    let short_read = |r: Read| match r {
+        Read::ListInProcess => "ranges()",
+        Read::StatsInProcess => "stats refresh",
+        Read::ListCli => "list --json",
+        Read::StatsCli => "stats --json",
+    };
+    let short_table = |t: Table| match t {
+        Table::Singles => "10k rules",
+        Table::Range => "1 range",
+    };
+    let rows = run.reads.done().map_or_else(Vec::new, |r| {
+        reads_rows(r)
+            .into_iter()
+            .map(|(read, table, new, old)| Row {
+                label: format!("{}, {}", short_read(read), short_table(table)),
+                bars: vec![
+                    Bar::of(Summary::of(new)),
+                    old.and_then(|o| Bar::of(Summary::of(&o.ms))),
+                ],
+                color: None,
+            })
+            .collect()
+    });
+    Panel {
+        title: "4. Reads with 10,000 ports blocked".into(),
+        unit: "milliseconds (ranges(), stats refresh: in-process; --json: the process)",
+        series: vec![("this build", OURS), ("0.1.0", OTHER)],
+        rows,
+    }
+}
+
+fn upgrade_panel(run: &Run) -> Panel {
+    let (rows, passed) = run.upgrade.done().map_or_else(
+        || (Vec::new(), None),
+        |u| {
+            let (p, e) = upgrade_summaries(u);
+            let row = |label: &str, s| Row {
+                label: label.into(),
+                bars: vec![Bar::of(s)],
+                color: None,
+            };
+            (
+                vec![
+                    row("spawn -> new program on the link", p),
+                    row("spawn -> attach exited", e),
+                ],
+                Some(u.trials.iter().map(|t| t.passed).sum::<u64>()),
+            )
+        },
+    );
+    Panel {
+        title: match passed {
+            Some(n) => format!("5. Upgrade from 0.1.0 under traffic ({n} blocked packets passed)"),
+            None => "5. Upgrade from 0.1.0 under traffic".into(),
+        },
+        unit: "milliseconds",
+        series: vec![("ms", OURS)],
         rows,
     }
 }

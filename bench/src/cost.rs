@@ -10,6 +10,8 @@
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use ingress_xdp::rules::RuleTable;
+use ingress_xdp_common::MAX_RULE_COUNTERS;
 
 use crate::{
     cpu,
@@ -31,6 +33,8 @@ const TC_ACT_UNSPEC: u32 = u32::MAX;
 
 /// 10,000 more blocked ports for the "many rules" table.
 const MANY_RULES: &str = "20000-29999";
+/// The first of the single-port rules that fill the counter table.
+const COUNTED_FROM: u16 = 20000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct CostSettings {
@@ -43,9 +47,44 @@ pub struct CostSettings {
 pub enum Rules {
     /// 8080/tcp and 8080/udp: the port the frames use.
     One,
-    /// The same plus 10,000 other tcp ports.
+    /// The same plus 10,000 other tcp ports (one range: one rule).
     TenThousand,
+    /// 8080/tcp, 8080/udp and 4,094 more single-port tcp rules, each its own
+    /// spec and so its own counter: 4,096 counted rules, a full counter
+    /// table.
+    Counted,
 }
+
+impl Rules {
+    pub const ALL: [Rules; 3] = [Rules::One, Rules::TenThousand, Rules::Counted];
+
+    /// For goal texts: "1 / 10,000 / 4,096 counted".
+    pub fn short(self) -> &'static str {
+        match self {
+            Rules::One => "1",
+            Rules::TenThousand => "10,000",
+            Rules::Counted => "4,096 counted",
+        }
+    }
+
+    /// The rule specs, as `ingress-xdp block` takes them (one per rule).
+    fn specs(self) -> Vec<String> {
+        let mut specs = vec!["8080".to_string(), "8080/udp".to_string()];
+        match self {
+            Rules::One => {}
+            Rules::TenThousand => specs.push(MANY_RULES.into()),
+            Rules::Counted => {
+                let more = COUNTED_RULES - specs.len();
+                specs.extend((0..more).map(|i| (COUNTED_FROM + i as u16).to_string()));
+            }
+        }
+        specs
+    }
+}
+
+/// Rules with a counter of their own in the full table: every counter slot
+/// but the uncounted sink (slot 0).
+pub const COUNTED_RULES: usize = MAX_RULE_COUNTERS as usize - 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -63,13 +102,15 @@ pub enum Subject {
 }
 
 impl Subject {
-    pub const ALL: [Subject; 8] = [
+    pub const ALL: [Subject; 10] = [
         Subject::Floor(Hook::Xdp),
         Subject::Floor(Hook::Tc),
         Subject::Ours(Hook::Xdp, Rules::One),
         Subject::Ours(Hook::Xdp, Rules::TenThousand),
+        Subject::Ours(Hook::Xdp, Rules::Counted),
         Subject::Ours(Hook::Tc, Rules::One),
         Subject::Ours(Hook::Tc, Rules::TenThousand),
+        Subject::Ours(Hook::Tc, Rules::Counted),
         Subject::XdpFilter,
         Subject::Minimal,
     ];
@@ -87,8 +128,10 @@ impl Subject {
             Subject::Floor(Hook::Tc) => "floor (TC)",
             Subject::Ours(Hook::Xdp, Rules::One) => "ours XDP, 1 port",
             Subject::Ours(Hook::Xdp, Rules::TenThousand) => "ours XDP, 10k ports",
+            Subject::Ours(Hook::Xdp, Rules::Counted) => "ours XDP, 4,096 counted",
             Subject::Ours(Hook::Tc, Rules::One) => "ours TC, 1 port",
             Subject::Ours(Hook::Tc, Rules::TenThousand) => "ours TC, 10k ports",
+            Subject::Ours(Hook::Tc, Rules::Counted) => "ours TC, 4,096 counted",
             Subject::XdpFilter => "xdp-filter",
             Subject::Minimal => "minimal port check",
         }
@@ -140,6 +183,13 @@ impl CostResults {
         let diffs: Vec<f64> = cell.ns.iter().zip(&floor.ns).map(|(a, f)| a - f).collect();
         Summary::of(&diffs)
     }
+
+    /// ns of `a` minus ns of `b`, trial by trial.
+    pub fn difference(&self, a: Subject, b: Subject, frame: usize) -> Option<Summary> {
+        let (a, b) = (self.cell(a, frame)?, self.cell(b, frame)?);
+        let diffs: Vec<f64> = a.ns.iter().zip(&b.ns).map(|(x, y)| x - y).collect();
+        Summary::of(&diffs)
+    }
 }
 
 enum Prog<'a> {
@@ -174,10 +224,13 @@ impl Prog<'_> {
 /// Runs part 1 on one pinned CPU (the last), in a thread of its own so the
 /// caller's affinity stays as it was.
 pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResults> {
-    let few = Ours::with_blocks("bc", &["8080", "8080/udp"])?;
-    let many = Ours::with_blocks("bc", &["8080", "8080/udp", MANY_RULES])?;
-    let (xdp_few, xdp_many) = (few.load_xdp(0)?, many.load_xdp(0)?);
-    let (tc_few, tc_many) = (few.load_tc(1)?, many.load_tc(1)?);
+    let few = Ours::with_blocks("bc", &Rules::One.specs())?;
+    let many = Ours::with_blocks("bc", &Rules::TenThousand.specs())?;
+    let counted = Ours::with_blocks("bc", &Rules::Counted.specs())?;
+    check_counted(&counted)?;
+    let (xdp_few, xdp_many, xdp_counted) =
+        (few.load_xdp(0)?, many.load_xdp(0)?, counted.load_xdp(0)?);
+    let (tc_few, tc_many, tc_counted) = (few.load_tc(1)?, many.load_tc(1)?, counted.load_tc(1)?);
 
     let pair = Pair::new(RxSetup {
         queues: 1,
@@ -196,8 +249,10 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
             Subject::Floor(Hook::Tc) => Prog::Tc(reference.tc(FLOOR_TC)?),
             Subject::Ours(Hook::Xdp, Rules::One) => Prog::Xdp(ours::xdp(&xdp_few)?),
             Subject::Ours(Hook::Xdp, Rules::TenThousand) => Prog::Xdp(ours::xdp(&xdp_many)?),
+            Subject::Ours(Hook::Xdp, Rules::Counted) => Prog::Xdp(ours::xdp(&xdp_counted)?),
             Subject::Ours(Hook::Tc, Rules::One) => Prog::Tc(ours::tc(&tc_few)?),
             Subject::Ours(Hook::Tc, Rules::TenThousand) => Prog::Tc(ours::tc(&tc_many)?),
+            Subject::Ours(Hook::Tc, Rules::Counted) => Prog::Tc(ours::tc(&tc_counted)?),
             Subject::XdpFilter => Prog::Xdp(&filter_prog),
             Subject::Minimal => Prog::Xdp(reference.xdp(MINIMAL_DROP)?),
         })
@@ -247,6 +302,21 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
         cells,
         xdp_filter_prog: filter_info,
     })
+}
+
+/// The counted table must be what it claims: every rule counted, every
+/// counter slot taken (a product change that merged or dropped counters
+/// would otherwise measure another table).
+fn check_counted(ours: &Ours) -> Result<()> {
+    let rules = RuleTable::open(ours.pins())?.ranges()?;
+    let counted = rules.iter().filter(|r| r.counted).count();
+    if rules.len() != COUNTED_RULES || counted != COUNTED_RULES {
+        bail!(
+            "the counted table has {} rules, {counted} of them counted; expected {COUNTED_RULES}, all counted",
+            rules.len()
+        );
+    }
+    Ok(())
 }
 
 /// A cost is meaningless if the program did the wrong thing.

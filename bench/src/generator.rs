@@ -6,7 +6,10 @@
 
 use std::{
     path::PathBuf,
-    sync::Barrier,
+    sync::{
+        Barrier,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -63,6 +66,12 @@ impl<'a> Generator<'a> {
     /// in the generator namespace (where `ingress_ifindex` is resolved),
     /// until `duration` has passed.
     pub fn run(&self, cpus: &[usize], duration: Duration) -> Result<Sent> {
+        self.run_until(cpus, duration, &AtomicBool::new(false))
+    }
+
+    /// Like [`Generator::run`], until `duration` has passed or `stop` is set
+    /// (checked between test-run calls of [`CHUNK`] frames).
+    pub fn run_until(&self, cpus: &[usize], duration: Duration, stop: &AtomicBool) -> Result<Sent> {
         let barrier = Barrier::new(cpus.len());
         let results: Vec<Result<(u64, Instant, Instant)>> = std::thread::scope(|scope| {
             let threads: Vec<_> = cpus
@@ -73,7 +82,7 @@ impl<'a> Generator<'a> {
                         ingress_xdp::sys::in_netns(Some(&self.netns), || {
                             cpu::pin_current_thread(cpu)?;
                             barrier.wait();
-                            self.send_until(duration)
+                            self.send_until(duration, stop)
                         })
                     })
                 })
@@ -105,10 +114,13 @@ impl<'a> Generator<'a> {
         })
     }
 
-    fn send_until(&self, duration: Duration) -> Result<(u64, Instant, Instant)> {
+    fn send_until(&self, duration: Duration, stop: &AtomicBool) -> Result<(u64, Instant, Instant)> {
         let start = Instant::now();
         let mut frames = 0u64;
-        while start.elapsed() < duration && !crate::interrupt::requested() {
+        while start.elapsed() < duration
+            && !stop.load(Ordering::Relaxed)
+            && !crate::interrupt::requested()
+        {
             let mut opts = TestRunOptions::new();
             opts.data_in = Some(&self.frame);
             opts.ctx_in = Some(&self.ctx);

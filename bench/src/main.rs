@@ -5,7 +5,11 @@
 //!    test_run floor and xdp-filter;
 //! 2. drop rate through a real veth (a live-frames XDP_TX generator) for
 //!    ten methods, and the receiver's own cost per packet;
-//! 3. control-plane latency and full-sync time against a real dockerd.
+//! 3. control-plane latency and full-sync time against a real dockerd;
+//! 4. the control plane's reads (`list`, a `stats` refresh) with 10,000
+//!    rules, in-process and as the real CLI, beside release 0.1.0;
+//! 5. an in-place upgrade from 0.1.0 under traffic: how long, and whether a
+//!    packet to a blocked port got through.
 //!
 //! Writes RESULTS.md and a PNG chart, and prints a summary. It asserts no
 //! timing: goals are reported, not enforced. Needs root.
@@ -24,13 +28,16 @@ mod goals;
 mod interrupt;
 mod machine;
 mod methods;
+mod old;
 mod ours;
 mod progs;
 mod rate;
+mod reads;
 mod report;
 mod sh;
 mod stats;
 mod topo;
+mod upgrade;
 mod xdp_filter;
 
 use std::{
@@ -46,13 +53,15 @@ use crate::{
     control::ControlSettings,
     cost::CostSettings,
     rate::RateSettings,
+    reads::ReadsSettings,
     report::{Part, Run},
+    upgrade::UpgradeSettings,
 };
 
 #[derive(Parser)]
 #[command(
     name = "ingress-xdp-bench",
-    about = "ingress-xdp beside the alternatives: cost, drop rate, control plane"
+    about = "ingress-xdp beside the alternatives: cost, drop rate, control plane, reads, upgrade"
 )]
 struct Args {
     /// A small run (a minute or two) that keeps the bench working in CI;
@@ -64,7 +73,11 @@ struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Parts to run.
-    #[arg(long, value_delimiter = ',', default_values = ["cost", "rate", "control"])]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values = ["cost", "rate", "control", "reads", "upgrade"]
+    )]
     parts: Vec<PartName>,
     /// Drop methods of part 2 [default: all].
     #[arg(long, value_delimiter = ',')]
@@ -79,12 +92,18 @@ enum PartName {
     Rate,
     /// 3: control plane against dockerd.
     Control,
+    /// 4: `list` and `stats` reads with 10,000 rules, beside 0.1.0.
+    Reads,
+    /// 5: in-place upgrade from 0.1.0 under traffic.
+    Upgrade,
 }
 
 struct Plan {
     cost: CostSettings,
     rate: RateSettings,
     control: ControlSettings,
+    reads: ReadsSettings,
+    upgrade: UpgradeSettings,
 }
 
 impl Plan {
@@ -106,6 +125,12 @@ impl Plan {
                     sync_trials: 2,
                     cold_start_trials: 1,
                 },
+                reads: ReadsSettings { trials: 3 },
+                upgrade: UpgradeSettings {
+                    trials: 1,
+                    before: Duration::from_millis(200),
+                    after: Duration::from_millis(100),
+                },
             }
         } else {
             Self {
@@ -124,13 +149,19 @@ impl Plan {
                     sync_trials: 7,
                     cold_start_trials: 5,
                 },
+                reads: ReadsSettings { trials: 21 },
+                upgrade: UpgradeSettings {
+                    trials: 7,
+                    before: Duration::from_millis(300),
+                    after: Duration::from_millis(200),
+                },
             }
         }
     }
 }
 
 /// Tools each part drives, with their Debian packages.
-const TOOLS: [(PartName, &str, &str); 10] = [
+const TOOLS: [(PartName, &str, &str); 15] = [
     (PartName::Cost, "xdp-filter", "xdp-tools"),
     (PartName::Cost, "bpftool", "bpftool"),
     (PartName::Cost, "ethtool", "ethtool"),
@@ -141,6 +172,12 @@ const TOOLS: [(PartName, &str, &str); 10] = [
     (PartName::Control, "dockerd", "docker.io"),
     (PartName::Control, "busybox", "busybox-static"),
     (PartName::Control, "socat", "socat"),
+    // 0.1.0 is built from git history (tests/support/old_release.rs).
+    (PartName::Reads, "git", "git"),
+    (PartName::Upgrade, "git", "git"),
+    (PartName::Upgrade, "ethtool", "ethtool"),
+    (PartName::Upgrade, "nft", "nftables"),
+    (PartName::Upgrade, "nsenter", "util-linux"),
 ];
 
 fn main() {
@@ -200,6 +237,12 @@ fn bench(args: &Args) -> Result<bool> {
     let control = run_part(wanted(PartName::Control), "3 (control plane)", || {
         control::measure(plan.control)
     });
+    let reads = run_part(wanted(PartName::Reads), "4 (reads)", || {
+        reads::measure(plan.reads)
+    });
+    let upgrade = run_part(wanted(PartName::Upgrade), "5 (upgrade)", || {
+        upgrade::measure(&reference, plan.upgrade)
+    });
     if interrupt::requested() {
         bail!("interrupted; cleaned up, wrote nothing");
     }
@@ -209,9 +252,13 @@ fn bench(args: &Args) -> Result<bool> {
         cost_settings: plan.cost,
         rate_settings: plan.rate,
         control_settings: plan.control,
+        reads_settings: plan.reads,
+        upgrade_settings: plan.upgrade,
         cost,
         rate,
         control,
+        reads,
+        upgrade,
         elapsed: Duration::ZERO,
     };
     run.machine.finish();
@@ -221,6 +268,8 @@ fn bench(args: &Args) -> Result<bool> {
         run.cost.done(),
         run.rate.done().map(|r| &r[..]),
         run.control.done(),
+        run.reads.done(),
+        run.upgrade.done(),
     );
     let chart_name = "results.png";
     let chart_path = out.join(chart_name);
@@ -234,6 +283,8 @@ fn bench(args: &Args) -> Result<bool> {
         matches!(run.cost, Part::Failed(_)),
         matches!(run.rate, Part::Failed(_)),
         matches!(run.control, Part::Failed(_)),
+        matches!(run.reads, Part::Failed(_)),
+        matches!(run.upgrade, Part::Failed(_)),
     ];
     Ok(!failed.contains(&true))
 }

@@ -21,13 +21,17 @@ pub struct Ours {
 impl Ours {
     /// A pin directory whose rule table blocks every port of `specs`
     /// (`8080`, `53/udp`, `20000-29999`, as `ingress-xdp block` takes them).
-    pub fn with_blocks(tag: &str, specs: &[&str]) -> Result<Self> {
+    /// Each spec is one rule with a counter of its own (while counters last).
+    pub fn with_blocks<S: AsRef<str>>(tag: &str, specs: &[S]) -> Result<Self> {
         let ours = Self {
             pins: TestPins::new(tag),
         };
         let specs: Vec<PortSpec> = specs
             .iter()
-            .map(|s| s.parse().with_context(|| format!("port spec {s:?}")))
+            .map(|s| {
+                let s = s.as_ref();
+                s.parse().with_context(|| format!("port spec {s:?}"))
+            })
             .collect::<Result<_>>()?;
         RuleTable::open(ours.pins())?
             .apply(

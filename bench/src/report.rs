@@ -8,8 +8,11 @@ use crate::{
     goals::Goal,
     machine::Machine,
     methods::Method,
+    old,
     rate::{MethodResult, RateSettings},
+    reads::{self, Build, Read, ReadsResults, ReadsSettings, Series, Table},
     stats::{Summary, percentile},
+    upgrade::{UpgradeResults, UpgradeSettings},
 };
 
 /// What became of one part of the benchmark.
@@ -42,9 +45,13 @@ pub struct Run {
     pub cost_settings: CostSettings,
     pub rate_settings: RateSettings,
     pub control_settings: ControlSettings,
+    pub reads_settings: ReadsSettings,
+    pub upgrade_settings: UpgradeSettings,
     pub cost: Part<CostResults>,
     pub rate: Part<Vec<MethodResult>>,
     pub control: Part<ControlResults>,
+    pub reads: Part<ReadsResults>,
+    pub upgrade: Part<UpgradeResults>,
     pub elapsed: Duration,
 }
 
@@ -96,6 +103,8 @@ pub fn markdown(run: &Run, goals: &[Goal], chart: &str) -> String {
     part1(&mut md, run);
     part2(&mut md, run);
     part3(&mut md, run);
+    part4(&mut md, run);
+    part5(&mut md, run);
     md
 }
 
@@ -156,7 +165,10 @@ fn part1(md: &mut String, run: &Run) {
          own per-run overhead, one per hook (an skb test run costs more than an XDP one). \
          \"Above the floor\" is taken trial by trial. Ours counts every packet (per attach point) \
          and every match (per rule), as in production. \"1 port\" is 8080/tcp and 8080/udp \
-         blocked; \"10k ports\" adds 20000-29999/tcp. The minimal port check is a reference \
+         blocked; \"10k ports\" adds 20000-29999/tcp (one range: one rule, one counter); \
+         \"4,096 counted\" is 8080/tcp, 8080/udp and 4,094 single-port tcp rules from 20000, \
+         each blocked as a spec of its own, so each has its own counter and the counter table \
+         is full (checked before the runs). The minimal port check is a reference \
          program that reads the TCP port at the fixed offset of an untagged IPv4 frame and \
          compares it (no parsing, no map, no counter).\n",
         thousands(u64::from(s.repeat)),
@@ -170,8 +182,10 @@ fn part1(md: &mut String, run: &Run) {
     let subjects = [
         Subject::Ours(Hook::Xdp, Rules::One),
         Subject::Ours(Hook::Xdp, Rules::TenThousand),
+        Subject::Ours(Hook::Xdp, Rules::Counted),
         Subject::Ours(Hook::Tc, Rules::One),
         Subject::Ours(Hook::Tc, Rules::TenThousand),
+        Subject::Ours(Hook::Tc, Rules::Counted),
         Subject::XdpFilter,
         Subject::Minimal,
     ];
@@ -339,6 +353,164 @@ fn part3(md: &mut String, run: &Run) {
     );
 }
 
+fn part4(md: &mut String, run: &Run) {
+    let s = run.reads_settings;
+    let _ = writeln!(
+        md,
+        "## 4. Control-plane reads with 10,000 rules\n\n\
+         Two tables of {} blocked tcp ports, each in a pin directory of its own and attached \
+         (XDP) to both ends of a veth pair in a namespace made for it ({} attach points, as a \
+         node's NIC and ingress_sbox): **10,000 single-port rules**, every other port from \
+         10000, each blocked as a spec of its own (so the first {} take every counter slot and \
+         the rest block uncounted; no two are neighbours, so none fold into a range), and \
+         **10,000 ports as one range** (20000-29999: one rule, one counter). The tables are \
+         made with the binary's own `attach --iface A --iface B --no-sbox` and `block`. \
+         In-process: `RuleTable::open` + `ranges()` (what `list` reads), and one `stats` \
+         refresh with the `Registry` and `RuleTable` opened once beforehand: the attach points \
+         with their counters and presence, plus the ranges (what `stats --watch` collects every \
+         interval; rendering not included). Process: `ingress-xdp \
+         list --json` and `stats --json` from spawn to exit, output read through a pipe, run \
+         from a thread inside the namespace. {} trials, every read of every table interleaved; \
+         the first trial also checks what was read (rule and attach-point counts). The same \
+         processes run against release 0.1.0 ({}) on the same tables made by its own `attach` \
+         and `block`. A debug build spends longer in user space than a release build would, \
+         so beside its wall time stands the time it spent in the kernel (its system CPU time, \
+         from getrusage): the ratio on that alone is a lower bound for a release 0.1.0.\n",
+        reads::PORTS,
+        run.reads.done().map_or(2, |r| r.points),
+        crate::cost::COUNTED_RULES,
+        s.trials,
+        old::BUILD
+    );
+    if let Some(text) = run.reads.missing() {
+        let _ = writeln!(md, "{text}");
+        return;
+    }
+    let Some(r) = run.reads.done() else { return };
+    let _ = writeln!(
+        md,
+        "| Read | Table | this build, ms | 0.1.0, ms | 0.1.0 in the kernel, ms | 0.1.0 / this build |\n\
+         |---|---|---|---|---|---|"
+    );
+    for (read, table, new, old) in reads_rows(r) {
+        let new = Summary::of(new);
+        let (old_ms, old_kernel) = (
+            old.and_then(|o| Summary::of(&o.ms)),
+            old.and_then(|o| Summary::of(&o.kernel_ms)),
+        );
+        let ratio = match (new, old_ms, old_kernel) {
+            (Some(n), Some(o), Some(k)) if n.median > 0.0 => format!(
+                "{:.1}× (≥ {:.1}× on its kernel time alone)",
+                o.median / n.median,
+                k.median / n.median
+            ),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {ratio} |",
+            read.name(),
+            table.name(),
+            cell(new, 2),
+            cell(old_ms, 1),
+            cell(old_kernel, 1)
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nOf the 10,000 single-port rules, {} have a counter.{}\n",
+        thousands(r.singles_counted as u64),
+        match &r.old_missing {
+            Some(why) => format!(" 0.1.0 was not measured: `{why}`"),
+            None => String::new(),
+        }
+    );
+}
+
+/// The rows of part 4: (read, table, this build's ms, 0.1.0's series).
+pub fn reads_rows(r: &ReadsResults) -> Vec<(Read, Table, &[f64], Option<&Series>)> {
+    let mut rows = Vec::new();
+    for read in Read::ALL {
+        for table in Table::ALL {
+            if let Some(new) = r.ms(Build::Current, table, read) {
+                rows.push((read, table, new, r.series(Build::V010, table, read)));
+            }
+        }
+    }
+    rows
+}
+
+fn part5(md: &mut String, run: &Run) {
+    let s = run.upgrade_settings;
+    let _ = writeln!(
+        md,
+        "## 5. Upgrade in place from 0.1.0 under traffic\n\n\
+         Per trial, on fresh namespaces: a veth pair with one rx queue; on the receiving end \
+         release 0.1.0 ({}) runs `attach --iface RX --no-sbox --xdp-mode native` and `block \
+         8080`, and an nft netdev ingress rule `tcp dport 8080 counter` (no verdict) counts what \
+         XDP let through: an independent count of blocked packets that passed. Before 0.1.0 \
+         attaches, a burst with nothing attached checks that this counter sees the SYNs. The \
+         live-frames generator sends 64-byte SYNs to 8080 from one thread on CPU 0 without a \
+         pause; after {:.1} s this build's `attach` (same arguments) is spawned, and the bench \
+         polls the pinned link's program id (BPF_OBJ_GET_INFO_BY_FD, every 0.2 ms) and the \
+         process. **New program**: spawn to the link holding another program; **exit**: spawn \
+         to the process's exit (it migrates the layout-1 maps, swaps the program with \
+         BPF_LINK_UPDATE and reports). Traffic goes on for {:.1} s after both; then the \
+         generator's frames, the frames XDP dropped (veth `xdp_drops`, old and new program \
+         alike) and the nft count over the whole run are read. Afterwards this build's `status \
+         --json` must name the program on the link as its own and `list` must still hold \
+         8080/tcp. {} trials.\n",
+        old::BUILD,
+        s.before.as_secs_f64(),
+        s.after.as_secs_f64(),
+        s.trials
+    );
+    if let Some(text) = run.upgrade.missing() {
+        let _ = writeln!(md, "{text}");
+        return;
+    }
+    let Some(u) = run.upgrade.done() else { return };
+    let _ = writeln!(
+        md,
+        "| Trial | new program on the link | attach exited | frames sent | dropped by XDP | passed (nft) | not seen | generator Mpps | program |\n\
+         |---|---|---|---|---|---|---|---|---|"
+    );
+    for (i, t) in u.trials.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} ms | {:.1} ms | {} | {} | {} | {} | {:.2} | {} → {} |",
+            i + 1,
+            t.to_program_ms,
+            t.to_exit_ms,
+            thousands(t.sent),
+            thousands(t.dropped),
+            thousands(t.passed),
+            thousands(t.sent.saturating_sub(t.dropped + t.passed)),
+            t.mpps,
+            t.old_program,
+            t.new_program
+        );
+    }
+    let (p, e) = upgrade_summaries(u);
+    let _ = writeln!(
+        md,
+        "\nMedian (min–max): new program on the link after {} ms, attach exited after {} ms. \
+         The nft counter saw {} SYNs of the check burst. What the new `attach` printed (first \
+         trial):\n\n```text\n{}\n```\n",
+        cell(p, 1),
+        cell(e, 1),
+        thousands(u.counter_check),
+        u.output
+    );
+}
+
+/// (spawn to new program, spawn to exit) over the trials of part 5.
+pub fn upgrade_summaries(u: &UpgradeResults) -> (Option<Summary>, Option<Summary>) {
+    let p: Vec<f64> = u.trials.iter().map(|t| t.to_program_ms).collect();
+    let e: Vec<f64> = u.trials.iter().map(|t| t.to_exit_ms).collect();
+    (Summary::of(&p), Summary::of(&e))
+}
+
 /// The rows of part 3, for the table and the chart.
 pub fn control_rows(c: &ControlResults) -> Vec<(String, &[f64])> {
     vec![
@@ -404,10 +576,35 @@ pub fn summary(run: &Run, goals: &[Goal], written: &[String]) -> String {
             );
         }
     }
+    if let Some(r) = run.reads.done() {
+        for (read, table, new, old) in reads_rows(r) {
+            let _ = writeln!(
+                out,
+                "part 4  {} of {}: {} ms{}",
+                read.name(),
+                table.name(),
+                cell(Summary::of(new), 2),
+                old.and_then(|o| Summary::of(&o.ms))
+                    .map_or_else(String::new, |o| format!(" (0.1.0: {} ms)", o.show(1)))
+            );
+        }
+    }
+    if let Some(u) = run.upgrade.done() {
+        let (p, e) = upgrade_summaries(u);
+        let passed: u64 = u.trials.iter().map(|t| t.passed).sum();
+        let _ = writeln!(
+            out,
+            "part 5  upgrade from 0.1.0: new program after {} ms, attach exited after {} ms, {passed} blocked packets passed",
+            cell(p, 1),
+            cell(e, 1)
+        );
+    }
     for (name, part) in [
         ("1", run.cost.missing()),
         ("2", run.rate.missing()),
         ("3", run.control.missing()),
+        ("4", run.reads.missing()),
+        ("5", run.upgrade.missing()),
     ] {
         if let Some(text) = part {
             let _ = write!(out, "part {name}  {text}");

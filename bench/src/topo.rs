@@ -40,6 +40,12 @@ pub struct Pair {
 
 impl Pair {
     pub fn new(setup: RxSetup) -> Result<Self> {
+        Self::tagged("b", setup)
+    }
+
+    /// A pair whose namespaces and interfaces carry `tag` (one or two
+    /// letters: interface names have 15 bytes), e.g. `ixt<tag>g1234`.
+    pub fn tagged(tag: &str, setup: RxSetup) -> Result<Self> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let id = format!(
             "{}{}",
@@ -47,10 +53,10 @@ impl Pair {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let pair = Self {
-            tx: Netns::new("bg"),
-            rx: Netns::new("br"),
-            tx_if: format!("ixtbg{id}"),
-            rx_if: format!("ixtbr{id}"),
+            tx: Netns::new(&format!("{tag}g")),
+            rx: Netns::new(&format!("{tag}r")),
+            tx_if: format!("ixt{tag}g{id}"),
+            rx_if: format!("ixt{tag}r{id}"),
             tx_mac: [0; 6],
             rx_mac: [0; 6],
         };

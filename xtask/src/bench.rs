@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: installs what the benchmark drives, builds it
 //! (bench/, crate ingress-xdp-bench) and the agent it starts in release mode,
 //! and runs it as root. It writes bench/RESULTS.md and bench/results.png
-//! (with `--quick`: target/bench-quick/) and prints a summary.
+//! (with `--quick`: target/bench-quick/) and prints a summary. The reads and
+//! upgrade parts build release 0.1.0 from git history on first use
+//! (tests/support/old_release.rs, cached in target/compat/0.1.0).
 
 use anyhow::Result;
 
@@ -19,6 +21,7 @@ const BENCH_PACKAGES: &[&str] = &[
     "docker.io",         // the private dockerd of the control-plane part
     "busybox-static",    // its test image (tests/support/docker.rs)
     "socat",             // ditto
+    "git",               // 0.1.0 from history, for the reads and upgrade parts
     "fonts-dejavu-core", // text of the chart
 ];
 
