@@ -130,6 +130,7 @@ fn cost_panel(run: &Run) -> Panel {
         ),
         (Subject::XdpFilter, "xdp-filter", OTHER),
         (Subject::Minimal, "minimal port check", CEILING),
+        (Subject::MinimalMaps, "minimal + our maps", CEILING),
     ];
     let rows = run.cost.done().map_or_else(Vec::new, |c| {
         c.frames
@@ -156,7 +157,7 @@ fn cost_panel(run: &Run) -> Panel {
 fn method_color(m: Method) -> RGBColor {
     match m {
         Method::OursTc | Method::OursXdpGeneric | Method::OursXdpNative => OURS,
-        Method::MinimalDrop | Method::BareDrop => CEILING,
+        Method::MinimalDrop | Method::MinimalMaps | Method::BareDrop => CEILING,
         _ => OTHER,
     }
 }

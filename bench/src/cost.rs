@@ -17,7 +17,7 @@ use crate::{
     cpu,
     frames::{self, BLOCKED_PORT, Frame, Kind},
     ours::{self, Ours},
-    progs::{FLOOR_TC, FLOOR_XDP, MINIMAL_DROP, Reference},
+    progs::{FLOOR_TC, FLOOR_XDP, MINIMAL_DROP, MINIMAL_MAPS, Reference},
     stats::Summary,
     topo::{Pair, RxSetup},
     xdp_filter::XdpFilter,
@@ -99,10 +99,12 @@ pub enum Subject {
     XdpFilter,
     /// The reference minimal port check (fixed offset, no map).
     Minimal,
+    /// The minimal check plus ingress-xdp's map accesses for a blocked port.
+    MinimalMaps,
 }
 
 impl Subject {
-    pub const ALL: [Subject; 10] = [
+    pub const ALL: [Subject; 11] = [
         Subject::Floor(Hook::Xdp),
         Subject::Floor(Hook::Tc),
         Subject::Ours(Hook::Xdp, Rules::One),
@@ -113,12 +115,13 @@ impl Subject {
         Subject::Ours(Hook::Tc, Rules::Counted),
         Subject::XdpFilter,
         Subject::Minimal,
+        Subject::MinimalMaps,
     ];
 
     pub fn hook(self) -> Hook {
         match self {
             Subject::Floor(h) | Subject::Ours(h, _) => h,
-            Subject::XdpFilter | Subject::Minimal => Hook::Xdp,
+            Subject::XdpFilter | Subject::Minimal | Subject::MinimalMaps => Hook::Xdp,
         }
     }
 
@@ -134,6 +137,7 @@ impl Subject {
             Subject::Ours(Hook::Tc, Rules::Counted) => "ours TC, 4,096 counted",
             Subject::XdpFilter => "xdp-filter",
             Subject::Minimal => "minimal port check",
+            Subject::MinimalMaps => "minimal + our maps",
         }
     }
 }
@@ -255,6 +259,7 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
             Subject::Ours(Hook::Tc, Rules::Counted) => Prog::Tc(ours::tc(&tc_counted)?),
             Subject::XdpFilter => Prog::Xdp(&filter_prog),
             Subject::Minimal => Prog::Xdp(reference.xdp(MINIMAL_DROP)?),
+            Subject::MinimalMaps => Prog::Xdp(reference.xdp(MINIMAL_MAPS)?),
         })
     };
     let frames = frames::representative();

@@ -15,7 +15,7 @@ use ingress_xdp::attach::{self, Hook, Target, XdpModeChoice};
 use crate::{
     counters::Counter,
     ours::Ours,
-    progs::{BARE_DROP, MINIMAL_DROP, Reference},
+    progs::{BARE_DROP, MINIMAL_DROP, MINIMAL_MAPS, Reference},
     sh::run_in,
     topo::Pair,
     xdp_filter::XdpFilter,
@@ -32,11 +32,12 @@ pub enum Method {
     OursXdpGeneric,
     OursXdpNative,
     MinimalDrop,
+    MinimalMaps,
     BareDrop,
 }
 
 impl Method {
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Method::None,
         Method::IptablesInput,
         Method::IptablesRaw,
@@ -46,6 +47,7 @@ impl Method {
         Method::OursXdpGeneric,
         Method::OursXdpNative,
         Method::MinimalDrop,
+        Method::MinimalMaps,
         Method::BareDrop,
     ];
 
@@ -61,6 +63,7 @@ impl Method {
             Method::OursXdpGeneric => "ours, XDP generic",
             Method::OursXdpNative => "ours, XDP native",
             Method::MinimalDrop => "minimal XDP port check",
+            Method::MinimalMaps => "minimal check + our maps",
             Method::BareDrop => "bare XDP_DROP",
         }
     }
@@ -79,6 +82,11 @@ impl Method {
             Method::MinimalDrop => {
                 "an XDP program that reads the TCP port at a fixed offset and drops on a match \
                  (no parsing, no map, no counter): the cost of touching the packet"
+            }
+            Method::MinimalMaps => {
+                "the minimal port check plus the memory ingress-xdp touches for a blocked port \
+                 (its rule slot, that rule's per-CPU counter, the attach point's per-CPU bucket): \
+                 the cost of those accesses; what ours adds beyond it is the parser"
             }
             Method::BareDrop => "an XDP program that returns XDP_DROP and reads nothing",
         }
@@ -134,6 +142,7 @@ impl Method {
             Method::OursXdpGeneric => attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Generic),
             Method::OursXdpNative => attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Native),
             Method::MinimalDrop => attach_reference(pair, MINIMAL_DROP),
+            Method::MinimalMaps => attach_reference(pair, MINIMAL_MAPS),
             Method::BareDrop => attach_reference(pair, BARE_DROP),
         };
         r.with_context(|| format!("installing {} on {iface}", self.name()))

@@ -1,6 +1,6 @@
 //! The reference programs (crate `ingress-xdp-bench-ebpf`, built by build.rs):
 //! the test_run floor for each hook, a bare XDP_DROP, a minimal port check,
-//! the XDP_TX generator.
+//! the minimal check plus ingress-xdp's map accesses, the XDP_TX generator.
 
 use anyhow::{Context, Result};
 use aya::{
@@ -15,6 +15,7 @@ pub const FLOOR_XDP: &str = "floor_xdp";
 pub const FLOOR_TC: &str = "floor_tc";
 pub const BARE_DROP: &str = "bare_drop";
 pub const MINIMAL_DROP: &str = "minimal_drop";
+pub const MINIMAL_MAPS: &str = "minimal_maps";
 pub const XDP_TX: &str = "xdp_tx";
 
 /// One instance of the object with every program loaded into the kernel.
@@ -25,7 +26,7 @@ pub struct Reference {
 impl Reference {
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(OBJECT).context("opening the reference eBPF object")?;
-        for name in [FLOOR_XDP, BARE_DROP, MINIMAL_DROP, XDP_TX] {
+        for name in [FLOOR_XDP, BARE_DROP, MINIMAL_DROP, MINIMAL_MAPS, XDP_TX] {
             let prog: &mut Xdp = program(&mut ebpf, name)?.try_into()?;
             prog.load().with_context(|| format!("loading {name}"))?;
         }

@@ -542,20 +542,29 @@ fn cmd_unblock(pins: &Pins, specs: &[PortSpec]) -> Result<()> {
     Ok(())
 }
 
+/// One JSON document on a line, written through a buffer: stdout is
+/// unbuffered, and a table of 10,000 rules is many small writes.
 fn write_json<T: Serialize>(value: &T) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     serde_json::to_writer(&mut out, value)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
+}
+
+#[derive(Serialize)]
+struct RulesDoc<'a> {
+    rules: &'a [RuleRange],
 }
 
 fn cmd_list(pins: &Pins, json: bool) -> Result<()> {
     sys::require_root()?;
     let ranges = RuleTable::open(pins)?.ranges()?;
     if json {
-        return write_json(&serde_json::json!({ "rules": ranges }));
+        return write_json(&RulesDoc { rules: &ranges });
     }
-    print!("{}", render_rules(&ranges));
+    let mut out = std::io::stdout().lock();
+    out.write_all(render_rules(&ranges).as_bytes())?;
     Ok(())
 }
 

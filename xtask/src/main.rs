@@ -93,7 +93,11 @@ fn cargo() -> Command {
             && (key.starts_with("CARGO_PKG_")
                 || matches!(
                     key,
-                    "CARGO_MANIFEST_DIR" | "CARGO_MANIFEST_PATH" | "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_BIN_NAME"
+                    "CARGO_MANIFEST_DIR"
+                        | "CARGO_MANIFEST_PATH"
+                        | "CARGO_CRATE_NAME"
+                        | "CARGO_PRIMARY_PACKAGE"
+                        | "CARGO_BIN_NAME"
                 ))
         {
             cmd.env_remove(key);
