@@ -104,7 +104,7 @@ impl Agent {
     pub fn attach_host(&self) -> Result<()> {
         let pins = &self.cfg.pins;
         let prepared = upgrade::prepare(pins)?;
-        for line in crate::cli::describe_prepared(pins, &prepared) {
+        for line in prepared.describe(pins) {
             tracing::info!("{line}");
         }
         let _lock = pins.lock()?;

@@ -174,6 +174,16 @@ pub fn lookup_batch(
     }
 }
 
+/// The plain-data records packed in `bytes` (a batch's keys or values),
+/// read unaligned.
+pub fn records<T: aya::Pod>(bytes: &[u8]) -> impl Iterator<Item = T> + '_ {
+    bytes.chunks_exact(size_of::<T>()).map(|c| {
+        // SAFETY: T is Pod (#[repr(C)], every bit pattern valid) and the
+        // chunk holds exactly one T; read_unaligned needs no alignment.
+        unsafe { std::ptr::read_unaligned(c.as_ptr() as *const T) }
+    })
+}
+
 /// A read-only mapping of a BPF_F_MMAPABLE array's values, unmapped on drop.
 /// The programs and map updates write the same memory, so reads are live.
 pub struct MappedArray {

@@ -385,36 +385,11 @@ fn resolve_targets(args: &AttachArgs) -> Result<Vec<Target>> {
     Ok(targets)
 }
 
-/// Says what [`upgrade::prepare`] did, for `attach` and the agent's log.
-pub fn describe_prepared(pins: &Pins, prepared: &upgrade::Prepared) -> Vec<String> {
-    let mut lines = Vec::new();
-    if let Some(from) = prepared.migrated_from {
-        lines.push(format!(
-            "migrated {} from layout {from} to layout {}: every rule, mode, allowlist and owner carried over; counters carried over",
-            pins.dir().display(),
-            ingress_xdp_common::LAYOUT_VERSION
-        ));
-    }
-    for u in &prepared.upgraded {
-        lines.push(format!(
-            "upgraded {}: {}, program {} (build {}) -> {} (build {}), in place",
-            u.point.target(),
-            u.point.hook,
-            u.from_program,
-            u.from_build,
-            u.point.program_id,
-            u.point.build
-        ));
-    }
-    lines.extend(prepared.notes.iter().map(|n| format!("note: {n}")));
-    lines
-}
-
 fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
     sys::require_root()?;
     let targets = resolve_targets(&args)?;
     let prepared = upgrade::prepare(pins)?;
-    for line in describe_prepared(pins, &prepared) {
+    for line in prepared.describe(pins) {
         println!("{line}");
     }
     let _lock = pins.lock()?;

@@ -33,7 +33,7 @@ use ingress_xdp_common::{
 use serde::Serialize;
 
 use crate::{
-    bpf::{self, MappedArray},
+    bpf::{self, MappedArray, records},
     cidr::Cidr,
     fixed::{from_fixed, to_fixed},
     pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_RULE_COUNTERS, MAP_RULE_ORIGIN, MAP_RULES, Pins},
@@ -261,17 +261,13 @@ impl RuleTable {
             "RULE_COUNTERS",
         )?;
         let mut sums = vec![RuleCounters::default(); MAX_RULE_COUNTERS as usize];
-        for (key, value) in keys
-            .chunks_exact(4)
-            .zip(values.chunks_exact(per_cpu * self.cpus))
-        {
-            let index = u32::from_ne_bytes(key.try_into().expect("4 bytes")) as usize;
-            let Some(sum) = sums.get_mut(index) else {
+        for (index, value) in records::<u32>(&keys).zip(values.chunks_exact(per_cpu * self.cpus)) {
+            let Some(sum) = sums.get_mut(index as usize) else {
                 continue;
             };
-            for cpu in value.chunks_exact(per_cpu) {
-                sum.packets += u64::from_ne_bytes(cpu[..8].try_into().expect("8 bytes"));
-                sum.bytes += u64::from_ne_bytes(cpu[8..16].try_into().expect("8 bytes"));
+            for cpu in records::<RuleCounters>(value) {
+                sum.packets += cpu.packets;
+                sum.bytes += cpu.bytes;
             }
         }
         Ok(sums)
@@ -286,19 +282,8 @@ impl RuleTable {
             MAX_ORIGINS,
             "RULE_ORIGIN",
         )?;
-        Ok(keys
-            .chunks_exact(size_of::<RuleKey>())
-            .zip(values.chunks_exact(size_of::<RuleOrigin>()))
-            .map(|(k, v)| {
-                // SAFETY: both are plain #[repr(C)] data with every bit
-                // pattern valid, read unaligned from the kernel's bytes.
-                unsafe {
-                    (
-                        std::ptr::read_unaligned(k.as_ptr() as *const RuleKey),
-                        std::ptr::read_unaligned(v.as_ptr() as *const RuleOrigin),
-                    )
-                }
-            })
+        Ok(records::<RuleKey>(&keys)
+            .zip(records::<RuleOrigin>(&values))
             .collect())
     }
 

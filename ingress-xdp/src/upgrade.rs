@@ -33,12 +33,12 @@ use anyhow::{Context, Result, bail};
 use ingress_xdp_common::{
     AttachCounters, AttachInfo, BUILD_LEN, IFNAME_LEN, LAYOUT_VERSION, MAX_ATTACH_POINTS,
     MAX_RULE_COUNTERS, NETNS_PATH_LEN, NO_COUNTER, RULE_SLOTS, Rule, RuleCounters, RuleKey,
-    RuleOrigin, action, hook,
+    RuleOrigin, action,
 };
 
 use crate::{
-    attach::{self, AttachPoint, Hook, Registry},
-    bpf,
+    attach::{self, AttachPoint, Registry},
+    bpf::{self, records},
     fixed::to_fixed,
     pins::{self, Found, LAYOUT_1_BUILD, Pins},
     rules::{RuleTable, open_map_at, port_of, read_allowlists},
@@ -54,6 +54,32 @@ pub struct Prepared {
     pub upgraded: Vec<Upgraded>,
     /// Things the operator should know (e.g. counters that did not carry).
     pub notes: Vec<String>,
+}
+
+impl Prepared {
+    /// What was done, a line each, for `attach`'s output and the agent's log.
+    pub fn describe(&self, pins: &Pins) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(from) = self.migrated_from {
+            lines.push(format!(
+                "migrated {} from layout {from} to layout {LAYOUT_VERSION}: every rule, mode, allowlist and owner carried over; counters carried over",
+                pins.dir().display()
+            ));
+        }
+        for u in &self.upgraded {
+            lines.push(format!(
+                "upgraded {}: {}, program {} (build {}) -> {} (build {}), in place",
+                u.point.target(),
+                u.point.hook,
+                u.from_program,
+                u.from_build,
+                u.point.program_id,
+                u.point.build
+            ));
+        }
+        lines.extend(self.notes.iter().map(|n| format!("note: {n}")));
+        lines
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -188,14 +214,9 @@ struct AttachInfoV1 {
     netns_path: [u8; NETNS_PATH_LEN],
 }
 
-/// Reads `count`-element chunks of plain data out of batch bytes.
-fn records<T: Copy>(bytes: &[u8]) -> impl Iterator<Item = T> + '_ {
-    bytes.chunks_exact(size_of::<T>()).map(|c| {
-        // SAFETY: T is plain #[repr(C)] data, every bit pattern valid; read
-        // unaligned from the kernel's bytes.
-        unsafe { std::ptr::read_unaligned(c.as_ptr() as *const T) }
-    })
-}
+// SAFETY: #[repr(C)], no padding (4 + 12 + 24 + 16 + 256 = 312 bytes), every bit
+// pattern valid.
+unsafe impl aya::Pod for AttachInfoV1 {}
 
 fn batch_of(
     dir: &Path,
@@ -349,11 +370,7 @@ fn swap_programs(pins: &Pins, staging: &Path) -> Result<Vec<Upgraded>> {
                 continue;
             }
             let old_program = bpf::prog_fd_by_id(info.prog_id)?;
-            let hook_choice = if registry.info(point.id)?.hook == hook::TC {
-                Hook::Tc
-            } else {
-                Hook::Xdp
-            };
+            let hook_choice = point.hook;
             let ebpf = attach::load_program(staging, point.id, hook_choice)?;
             bpf::link_update(
                 &link,
