@@ -24,11 +24,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ingress_xdp_common::{
-    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, MAX_ALLOW_PREFIXES,
-    MAX_ATTACH_POINTS, MAX_ORIGINS, MAX_RULE_COUNTERS, RULE_SLOTS, Rule, RuleCounters, RuleKey,
-    RuleOrigin, StateInfo, action, proto_plane, rule_flags, rule_slot,
+    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, IPPROTO_SCTP,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_ALLOW_PREFIXES, MAX_ATTACH_POINTS, MAX_ORIGINS,
+    MAX_RULE_COUNTERS, RULE_SLOTS, Rule, RuleCounters, RuleKey, RuleOrigin, StateInfo, action,
+    rule_flags, rule_slot,
 };
-use parse::{Frame, Judgeable, Parsed, Source};
+use parse::{Frame, Judgeable, Parsed};
 
 /// Set by the loader for each attach point (index into `ATTACH_STATS`).
 #[unsafe(no_mangle)]
@@ -69,32 +70,53 @@ static RULE_ORIGIN: HashMap<RuleKey, RuleOrigin> = HashMap::pinned(MAX_ORIGINS, 
 #[map]
 static STATE: Array<StateInfo> = Array::pinned(1, 0);
 
+/// Where a packet ended up. The discriminant is the index of its bucket in
+/// [`AttachCounters`] (its fields are five `u64`s in this order), so recording
+/// an outcome is one indexed add rather than a branch per bucket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
 enum Outcome {
-    Dropped,
-    Passed,
-    Audited,
-    Allowed,
-    NotParsed,
+    Dropped = 0,
+    Passed = 1,
+    Audited = 2,
+    Allowed = 3,
+    NotParsed = 4,
 }
 
+const ATTACH_BUCKETS: usize = 5;
+const _: () = assert!(core::mem::size_of::<AttachCounters>() == ATTACH_BUCKETS * 8);
+
+/// The protocol of a rule plane (the inverse of `proto_plane`), for the
+/// allowlist's key; off the common path.
 #[inline(always)]
-fn source_allowed(frame: &Frame, key: RuleKey, source: Source) -> bool {
-    match source {
-        Source::V4(at) => frame.bytes::<4>(at).is_some_and(|addr| {
-            let key = Key::new(ALLOW_RULE_PREFIX_BITS + 32, AllowKeyV4 { rule: key, addr });
-            ALLOW_V4.get(&key).is_some()
-        }),
-        Source::V6(at) => frame.bytes::<16>(at).is_some_and(|addr| {
-            let key = Key::new(ALLOW_RULE_PREFIX_BITS + 128, AllowKeyV6 { rule: key, addr });
-            ALLOW_V6.get(&key).is_some()
-        }),
+fn plane_proto(plane: u32) -> u8 {
+    match plane {
+        0 => IPPROTO_TCP,
+        1 => IPPROTO_UDP,
+        _ => IPPROTO_SCTP,
     }
 }
 
 #[inline(always)]
-fn count_rule(rule: &Rule, bytes: u64) {
+fn source_allowed(frame: &Frame, pkt: Judgeable) -> bool {
+    let key = RuleKey::new(plane_proto(pkt.plane), pkt.dport);
+    match parse::source_offset(frame, pkt.l3) {
+        Some((at, false)) => frame.bytes::<4>(at).is_some_and(|addr| {
+            let key = Key::new(ALLOW_RULE_PREFIX_BITS + 32, AllowKeyV4 { rule: key, addr });
+            ALLOW_V4.get(&key).is_some()
+        }),
+        Some((at, true)) => frame.bytes::<16>(at).is_some_and(|addr| {
+            let key = Key::new(ALLOW_RULE_PREFIX_BITS + 128, AllowKeyV6 { rule: key, addr });
+            ALLOW_V6.get(&key).is_some()
+        }),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn count_rule(counter: u16, bytes: u64) {
     // Uncounted rules share slot 0, so this never branches on a flag.
-    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(rule.counter as u32) {
+    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(u32::from(counter)) {
         // SAFETY: per-CPU value of this CPU; no other writer while we run.
         unsafe {
             (*counters).packets += 1;
@@ -105,20 +127,20 @@ fn count_rule(rule: &Rule, bytes: u64) {
 
 #[inline(always)]
 fn judge(frame: &Frame, pkt: Judgeable, bytes: u64) -> Outcome {
-    let Some(plane) = proto_plane(pkt.proto) else {
+    // Fields are read through the slot, not from a copy of the `Rule`: a
+    // copy is a spill to the stack on the path of every matched packet.
+    let Some(rule) = RULES.get(rule_slot(pkt.plane, pkt.dport)) else {
         return Outcome::Passed;
     };
-    let rule = match RULES.get(rule_slot(plane, pkt.dport)) {
-        Some(rule) if rule.action != action::NONE => *rule,
-        _ => return Outcome::Passed,
-    };
-    if rule.flags & rule_flags::HAS_ALLOWLIST != 0
-        && source_allowed(frame, RuleKey::new(pkt.proto, pkt.dport), pkt.source)
-    {
+    let verdict = rule.action;
+    if verdict == action::NONE {
+        return Outcome::Passed;
+    }
+    if rule.flags & rule_flags::HAS_ALLOWLIST != 0 && source_allowed(frame, pkt) {
         return Outcome::Allowed;
     }
-    count_rule(&rule, bytes);
-    if rule.action == action::BLOCK {
+    count_rule(rule.counter, bytes);
+    if verdict == action::BLOCK {
         Outcome::Dropped
     } else {
         Outcome::Audited
@@ -126,20 +148,13 @@ fn judge(frame: &Frame, pkt: Judgeable, bytes: u64) -> Outcome {
 }
 
 #[inline(always)]
-fn record(outcome: &Outcome) {
+fn record(outcome: Outcome) {
     // SAFETY: a read of a loader-set constant; volatile so it is not folded.
     let id = unsafe { core::ptr::read_volatile(&raw const ATTACH_ID) };
     if let Some(counters) = ATTACH_STATS.get_ptr_mut(id) {
-        // SAFETY: per-CPU value of this CPU.
-        unsafe {
-            match outcome {
-                Outcome::Dropped => (*counters).dropped += 1,
-                Outcome::Passed => (*counters).passed += 1,
-                Outcome::Audited => (*counters).audited += 1,
-                Outcome::Allowed => (*counters).allowed += 1,
-                Outcome::NotParsed => (*counters).not_parsed += 1,
-            }
-        }
+        let buckets = counters.cast::<[u64; ATTACH_BUCKETS]>();
+        // SAFETY: this CPU's value, five u64 buckets (asserted above).
+        unsafe { (*buckets)[outcome as usize] += 1 };
     }
 }
 
@@ -158,7 +173,7 @@ fn classify(frame: &Frame, offloaded_tags: usize, bytes: u64) -> Outcome {
 pub fn ingress_xdp(ctx: XdpContext) -> u32 {
     let frame = Frame::new(ctx.data(), ctx.data_end());
     let outcome = classify(&frame, 0, (ctx.data_end() - ctx.data()) as u64);
-    record(&outcome);
+    record(outcome);
     match outcome {
         Outcome::Dropped => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
@@ -193,7 +208,7 @@ pub fn ingress_tc(ctx: TcContext) -> i32 {
             bytes as u64,
         );
     }
-    record(&outcome);
+    record(outcome);
     match outcome {
         Outcome::Dropped => TC_ACT_SHOT,
         // UNSPEC lets later TCX programs and filters run.

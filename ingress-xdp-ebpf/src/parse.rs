@@ -28,7 +28,7 @@
 
 use core::mem::size_of;
 
-use ingress_xdp_common::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use ingress_xdp_common::proto_plane;
 use network_types::{
     eth::EthHdr,
     ip::{Ipv4Hdr, Ipv6Hdr},
@@ -49,22 +49,28 @@ const NEXTHDR_FRAGMENT: u8 = 44;
 const NEXTHDR_AUTH: u8 = 51;
 const NEXTHDR_DEST: u8 = 60;
 
-/// Where a port-bearing packet's source address sits in the frame. Only a
-/// rule with an allowlist reads it, so the common path never copies it.
-#[derive(Clone, Copy)]
-pub enum Source {
-    /// Offset of the 4-byte IPv4 source address.
-    V4(usize),
-    /// Offset of the 16-byte IPv6 source address.
-    V6(usize),
-}
-
-/// A packet we can judge: its transport protocol, destination port and source.
+/// A packet we can judge: the rule plane of its transport protocol (see
+/// [`proto_plane`]), its destination port, and where its IP header starts.
+/// Only a rule with an allowlist reads the source address, from `l3` (see
+/// [`source_offset`]), so the common path carries one offset, not a copy.
 #[derive(Clone, Copy)]
 pub struct Judgeable {
-    pub proto: u8,
+    pub plane: u32,
     pub dport: u16,
-    pub source: Source,
+    pub l3: usize,
+}
+
+/// Where the source address of a judged packet sits: (offset, is IPv6).
+/// The header's version was checked by the walk that produced `l3`.
+#[inline(always)]
+pub fn source_offset(frame: &Frame, l3: usize) -> Option<(usize, bool)> {
+    let version = frame.bytes::<1>(l3)?[0] >> 4;
+    // IPv4 src_addr is bytes 12..16, IPv6 bytes 8..24 of the fixed header.
+    Some(if version == 6 {
+        (l3 + 8, true)
+    } else {
+        (l3 + 12, false)
+    })
 }
 
 pub enum Parsed {
@@ -115,9 +121,20 @@ fn is_vlan(ether_type: u16) -> bool {
     ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
 }
 
+/// A big-endian 16-bit field at `ptr`, read with one 2-byte load.
+///
+/// Every field read this way sits at an even offset from the frame's start
+/// (Ethernet 14, VLAN tags 4, IPv4 headers multiples of 4, IPv6 40 and
+/// extension headers multiples of 8), and both hooks hand us 2-aligned frame
+/// starts, so the load is aligned. Through a `[u8; 2]` LLVM emits two byte
+/// loads, a shift and an or, on the path of every packet.
+///
+/// # Safety
+/// The two bytes at `ptr` must be inside the frame (checked by the caller).
 #[inline(always)]
-fn is_filtered(proto: u8) -> bool {
-    proto == IPPROTO_TCP || proto == IPPROTO_UDP || proto == IPPROTO_SCTP
+unsafe fn be16_at(ptr: usize) -> u16 {
+    // SAFETY: in bounds per the caller; aligned as argued above.
+    u16::from_be(unsafe { core::ptr::read(ptr as *const u16) })
 }
 
 /// Destination port from the first four bytes of a TCP, UDP or SCTP header.
@@ -125,8 +142,7 @@ fn is_filtered(proto: u8) -> bool {
 fn dport_at(frame: &Frame, offset: usize) -> Result<u16, Malformed> {
     let ports: *const [u8; 4] = frame.at(offset)?;
     // SAFETY: `at` checked the four bytes are inside the frame.
-    let ports = unsafe { *ports };
-    Ok(u16::from_be_bytes([ports[2], ports[3]]))
+    Ok(unsafe { be16_at(ports as usize + 2) })
 }
 
 /// `offloaded_tags`: tags no longer in the frame (0 or 1) that still count
@@ -157,33 +173,40 @@ pub fn parse(frame: &Frame, offloaded_tags: usize) -> Result<Parsed, Malformed> 
 #[inline(always)]
 fn ipv4(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
     let ip: *const Ipv4Hdr = frame.at(offset)?;
+    let at = ip as usize;
     // SAFETY: the fixed 20-byte header is inside the frame. Only the fields
     // used are read: a copy of the header would cost loads and spills.
-    let (vihl, tot_len, frags, proto) =
-        unsafe { ((*ip).vihl, (*ip).tot_len, (*ip).frags, (*ip).proto) };
+    let (vihl, total_len, frags, proto) = unsafe {
+        (
+            (*ip).vihl,
+            be16_at(at + 2) as usize,
+            be16_at(at + 6),
+            (*ip).proto,
+        )
+    };
     if vihl >> 4 != 4 {
         return Err(Malformed);
     }
     let header_len = ((vihl & 0x0F) as usize) << 2;
-    let total_len = u16::from_be_bytes(tot_len) as usize;
     if header_len < Ipv4Hdr::LEN || total_len < header_len {
         return Err(Malformed);
     }
-    if !is_filtered(proto) {
+    // A later fragment carries no port; checked before the protocol, which
+    // gives the same answer (`NoPort`) and keeps the plane out of a spill.
+    if frags & 0x1FFF != 0 {
         return Ok(Parsed::NoPort);
     }
-    if u16::from_be_bytes(frags) & 0x1FFF != 0 {
+    let Some(plane) = proto_plane(proto) else {
         return Ok(Parsed::NoPort);
-    }
+    };
     if header_len + 4 > total_len {
         return Err(Malformed);
     }
     let dport = dport_at(frame, offset + header_len)?;
     Ok(Parsed::Port(Judgeable {
-        proto,
+        plane,
         dport,
-        // src_addr: bytes 12..16 of the header.
-        source: Source::V4(offset + 12),
+        l3: offset,
     }))
 }
 
@@ -194,7 +217,7 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
     let (vcf0, payload_len, mut next) = unsafe {
         (
             (*ip).vcf[0],
-            u16::from_be_bytes((*ip).payload_len) as usize,
+            be16_at(ip as usize + 4) as usize,
             (*ip).next_hdr,
         )
     };
@@ -225,33 +248,32 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
             }
             NEXTHDR_FRAGMENT => {
                 let hdr: *const [u8; 4] = frame.at(payload + ext_len)?;
-                let hdr = unsafe { *hdr };
-                if u16::from_be_bytes([hdr[2], hdr[3]]) & 0xFFF8 != 0 {
+                // SAFETY: `at` checked the four bytes are inside the frame.
+                if unsafe { be16_at(hdr as usize + 2) } & 0xFFF8 != 0 {
                     return Ok(Parsed::NoPort);
                 }
-                next = hdr[0];
+                next = unsafe { (*hdr)[0] };
                 8
             }
             _ => break,
         };
         ext_len += len;
     }
-    if !is_filtered(next) {
+    let Some(plane) = proto_plane(next) else {
         return match next {
             NEXTHDR_HOP | NEXTHDR_ROUTING | NEXTHDR_DEST | NEXTHDR_AUTH | NEXTHDR_FRAGMENT => {
                 Err(Malformed)
             }
             _ => Ok(Parsed::NoPort),
         };
-    }
+    };
     if ext_len + 4 > payload_len {
         return Err(Malformed);
     }
     let dport = dport_at(frame, payload + ext_len)?;
     Ok(Parsed::Port(Judgeable {
-        proto: next,
+        plane,
         dport,
-        // The source address: bytes 8..24 of the fixed header.
-        source: Source::V6(offset + 8),
+        l3: offset,
     }))
 }
