@@ -29,7 +29,6 @@ use std::{
     io::Write,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
@@ -43,6 +42,7 @@ use support::{
     TestPins,
     agent::{AgentProc, docker_blocks, measure, rules, wait_rules},
     docker::{DOCKER, DaemonOptions, Dockerd, Lan, Proto, Publish, ServiceSpec, exec_in_out},
+    pki::{TempDir, openssl},
 };
 
 const TCP: Protocol = Protocol::Tcp;
@@ -68,61 +68,6 @@ fn ms(d: Duration) -> String {
 
 // ---------------------------------------------------------------------------
 // Certificates.
-
-/// Field 22 of /proc/self/stat (this process's start time).
-fn own_starttime() -> u64 {
-    let stat = fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
-    after_comm
-        .split_whitespace()
-        .nth(19)
-        .and_then(|s| s.parse().ok())
-        .expect("starttime")
-}
-
-/// The test's own directory `/tmp/ixt-<unique>`, removed on drop. It carries
-/// the fixture's `owner` record (pid, start time), so that if this process
-/// is killed, the first fixture of a later test process sweeps it.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let path = PathBuf::from(format!("/tmp/ixt-{}", support::unique(tag)));
-        fs::create_dir_all(&path).expect("mkdir temp dir");
-        fs::write(
-            path.join("owner"),
-            format!("owner {} {}\n", std::process::id(), own_starttime()),
-        )
-        .expect("write owner");
-        Self { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.path);
-    }
-}
-
-/// Runs `openssl ARGS` in `dir`; panics with its output on failure.
-#[track_caller]
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .env_remove("OPENSSL_CONF")
-        .output()
-        .expect("spawn openssl (Debian package openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// The certificate directories (each a DOCKER_CERT_PATH or the daemon's
 /// files), all made from fresh RSA keys as in Docker's "Protect the Docker

@@ -8,6 +8,7 @@
 
 use std::{
     collections::{BTreeMap, HashSet},
+    net::{Ipv4Addr, SocketAddr},
     path::PathBuf,
     pin::Pin,
     time::{Duration, Instant},
@@ -20,10 +21,14 @@ use futures_util::{Stream, StreamExt};
 use crate::{
     attach::{self, Hook, Target, XdpModeChoice},
     docker,
+    feed::{
+        client::{ClientSettings, Feed, FeedState},
+        server::{Hub, ServerSettings, Snapshot},
+    },
     model::{NodeInfo, ServiceInfo},
     pins::Pins,
     policy::{self, PolicySettings},
-    reconcile::{Change, PortKey, plan},
+    reconcile::{Change, PortKey, plan, wanted_rules},
     rules::{DockerRule, RuleTable},
     sys::{self, NetnsId},
     upgrade,
@@ -48,6 +53,16 @@ pub struct AgentConfig {
     pub manager: Option<String>,
     /// Full resync period (the safety net behind events).
     pub resync: Duration,
+    /// The policy feed: served by managers, followed by workers. None: off
+    /// (a worker then follows only its own ingress view, or `manager`).
+    pub feed: Option<FeedSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct FeedSettings {
+    pub port: u16,
+    /// This node's Swarm certificates (`<data root>/swarm/certificates`).
+    pub certs_dir: PathBuf,
 }
 
 /// How often the sandbox namespace file is checked for a new namespace.
@@ -56,11 +71,15 @@ const SBOX_POLL: Duration = Duration::from_millis(200);
 /// (workers receive no service events).
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a worker's first sync waits for the policy feed to answer.
+const FEED_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SourceMode {
     /// Services, labels and protocols from a manager.
     Manager,
+    /// This node's rule set, computed by the manager at this address.
+    Feed(SocketAddr),
     /// The worker's `networks/ingress` view: names and ports only.
     LocalFallback,
 }
@@ -82,6 +101,15 @@ pub struct Agent {
     /// Attach id of the sandbox's attach point.
     sbox_point: Option<u32>,
     sbox_pending: Option<String>,
+    /// The feed server, while this node is a manager.
+    hub: Option<Hub>,
+    /// The feed client, while this node is a worker.
+    feed: Option<Feed>,
+    /// While the feed is down, these rules stay (the last rule set it gave,
+    /// or the agent's rules found at start): fail closed.
+    feed_keep: Option<BTreeMap<PortKey, DockerRule>>,
+    /// The feed's last "down" reason logged.
+    feed_down: Option<String>,
 }
 
 impl Agent {
@@ -96,6 +124,10 @@ impl Agent {
             sbox: None,
             sbox_point: None,
             sbox_pending: None,
+            hub: None,
+            feed: None,
+            feed_keep: None,
+            feed_down: None,
         }
     }
 
@@ -237,6 +269,17 @@ impl Agent {
                     "reading services and node labels from the local engine (a manager)"
                 ),
             },
+            SourceMode::Feed(addr) => tracing::info!(
+                "following this node's rule set from the policy feed of the manager at {addr} \
+                 (mutual TLS with the swarm's certificates)"
+            ),
+            SourceMode::LocalFallback if self.cfg.feed.is_some() => tracing::warn!(
+                "this node is a worker, no manager is configured (--docker-host) and no policy \
+                 feed answers: keeping the rules the agent already had, and following the \
+                 ingress network's service list for new ports, which has no protocols (published \
+                 ports are blocked for both tcp and udp) and no labels (only --default, \
+                 --allow-service and --block-service apply)"
+            ),
             SourceMode::LocalFallback => tracing::warn!(
                 "this node is a worker and no manager is configured (--docker-host): following the \
                  ingress network's service list, which has no protocols (published ports are blocked \
@@ -247,35 +290,35 @@ impl Agent {
         self.mode = Some(mode);
     }
 
-    /// Reads this node and the services, from whichever source is available.
-    async fn fetch(&mut self) -> Result<(NodeInfo, Vec<ServiceInfo>)> {
+    /// The rules this node's policy wants, from whichever source is
+    /// available: a manager's API (this engine or `--docker-host`), the
+    /// policy feed, or the worker's own ingress view.
+    async fn wanted(&mut self) -> Result<BTreeMap<PortKey, DockerRule>> {
         let local = self.local().await?;
         if let Some(cluster) = self.cluster().await? {
             let node = docker::node_info(&local, Some(&cluster)).await?;
             let services = docker::services(&cluster).await?;
             self.set_mode(SourceMode::Manager);
-            return Ok((node, services));
+            return Ok(self.evaluate(&node, &services));
         }
         match docker::services(&local).await {
             Ok(services) => {
                 let node = docker::node_info(&local, Some(&local)).await?;
                 self.set_mode(SourceMode::Manager);
-                Ok((node, services))
+                self.serve_feed(&local, &services).await;
+                Ok(self.evaluate(&node, &services))
             }
-            Err(e) if docker::is_not_manager(&e) => {
-                let node = docker::node_info(&local, None).await?;
-                let services = docker::ingress_services(&local).await?;
-                self.set_mode(SourceMode::LocalFallback);
-                Ok((node, services))
-            }
+            Err(e) if docker::is_not_manager(&e) => self.worker_wanted(&local).await,
             Err(e) => Err(e),
         }
     }
 
-    /// One full pass: read Docker, evaluate, apply the difference.
-    pub async fn sync(&mut self) -> Result<()> {
-        let (node, services) = self.fetch().await?;
-        let evaluation = policy::evaluate(&node, &services, &self.cfg.policy);
+    fn evaluate(
+        &mut self,
+        node: &NodeInfo,
+        services: &[ServiceInfo],
+    ) -> BTreeMap<PortKey, DockerRule> {
+        let evaluation = policy::evaluate(node, services, &self.cfg.policy);
         for w in &evaluation.warnings {
             if self
                 .warned
@@ -284,19 +327,103 @@ impl Agent {
                 tracing::warn!("{w}");
             }
         }
-        let wanted: BTreeMap<PortKey, DockerRule> = evaluation
-            .blocked
-            .into_iter()
-            .map(|(key, reason)| {
-                (
-                    key,
-                    DockerRule {
-                        service: reason.service,
-                        why: reason.why,
-                    },
-                )
+        wanted_rules(evaluation.blocked)
+    }
+
+    /// On a manager: start the feed server once, and hand it the services and
+    /// every node after each sync.
+    async fn serve_feed(&mut self, local: &Docker, services: &[ServiceInfo]) {
+        let Some(feed) = self.cfg.feed.clone() else {
+            return;
+        };
+        // Promoted: a manager reads its own engine.
+        self.feed = None;
+        let policy = self.cfg.policy.clone();
+        let hub = self.hub.get_or_insert_with(|| {
+            Hub::start(ServerSettings {
+                listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, feed.port)),
+                certs_dir: feed.certs_dir,
+                policy,
             })
-            .collect();
+        });
+        match docker::nodes(local).await {
+            Ok(nodes) => hub.publish(Snapshot {
+                services: services.to_vec(),
+                nodes,
+            }),
+            Err(e) => tracing::warn!("policy feed: not updated: {e:#}"),
+        }
+    }
+
+    async fn worker_wanted(&mut self, local: &Docker) -> Result<BTreeMap<PortKey, DockerRule>> {
+        // Demoted: only managers serve.
+        self.hub = None;
+        if let Some(settings) = &self.cfg.feed {
+            let feed = self.feed.get_or_insert_with(|| {
+                Feed::start(ClientSettings {
+                    local_docker: self.cfg.local_docker.clone(),
+                    certs_dir: settings.certs_dir.clone(),
+                    port: settings.port,
+                })
+            });
+            if matches!(*feed.state.borrow(), FeedState::Connecting) {
+                // At start, give the first connection a moment rather than
+                // announce a fallback that lasts milliseconds.
+                let mut state = feed.state.clone();
+                let _ = tokio::time::timeout(
+                    FEED_GRACE,
+                    state.wait_for(|s| !matches!(s, FeedState::Connecting)),
+                )
+                .await;
+            }
+            let state = feed.state.borrow().clone();
+            match state {
+                FeedState::Up { manager, rules } => {
+                    if self.feed_down.take().is_some() {
+                        tracing::info!("policy feed reachable again");
+                    }
+                    self.set_mode(SourceMode::Feed(manager));
+                    self.feed_keep = Some(rules.clone());
+                    return Ok(rules);
+                }
+                FeedState::Down(why) => match &self.feed_down {
+                    // One warning per outage; how it fails may change.
+                    None => {
+                        tracing::warn!("policy feed unavailable: {why}");
+                        self.feed_down = Some(why);
+                    }
+                    Some(last) if *last != why => {
+                        tracing::debug!("policy feed still unavailable: {why}");
+                        self.feed_down = Some(why);
+                    }
+                    Some(_) => {}
+                },
+                FeedState::Connecting => {}
+            }
+        }
+        let node = docker::node_info(local, None).await?;
+        let services = docker::ingress_services(local).await?;
+        self.set_mode(SourceMode::LocalFallback);
+        let mut wanted = self.evaluate(&node, &services);
+        if self.cfg.feed.is_some() {
+            let keep = match &self.feed_keep {
+                Some(keep) => keep.clone(),
+                None => {
+                    let found = RuleTable::open(&self.cfg.pins)?.docker_rules()?;
+                    self.feed_keep = Some(found.clone());
+                    found
+                }
+            };
+            for (key, rule) in keep {
+                wanted.entry(key).or_insert(rule);
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// One full pass: read Docker (or the feed), evaluate, apply the difference.
+    pub async fn sync(&mut self) -> Result<()> {
+        let wanted = self.wanted().await?;
         self.apply(&wanted)
     }
 
@@ -357,7 +484,7 @@ impl Agent {
 
     async fn events(&mut self) -> Option<Events> {
         let source = match self.mode? {
-            SourceMode::LocalFallback => return None,
+            SourceMode::LocalFallback | SourceMode::Feed(_) => return None,
             SourceMode::Manager => match self.cluster().await.ok()? {
                 Some(cluster) => cluster,
                 None => self.local().await.ok()?,
@@ -376,6 +503,7 @@ impl Agent {
         let mut sbox_tick = tokio::time::interval(SBOX_POLL);
         let mut fallback_tick = tokio::time::interval(FALLBACK_POLL);
         let mut events: Option<Events> = None;
+        let mut feed_state: Option<tokio::sync::watch::Receiver<FeedState>> = None;
         let mut dirty = true;
         let mut backoff = Duration::from_millis(250);
         let mut retry_at = Instant::now();
@@ -388,6 +516,13 @@ impl Agent {
                         backoff = Duration::from_millis(250);
                         if events.is_none() {
                             events = self.events().await;
+                        }
+                        match &self.feed {
+                            None => feed_state = None,
+                            Some(feed) if feed_state.is_none() => {
+                                feed_state = Some(feed.state.clone())
+                            }
+                            Some(_) => {}
                         }
                     }
                     Err(e) => {
@@ -419,6 +554,12 @@ impl Agent {
                         dirty = true;
                     }
                 },
+                changed = feed_changed(&mut feed_state) => {
+                    if !changed {
+                        feed_state = None;
+                    }
+                    dirty = true;
+                }
                 () = tokio::time::sleep(retry_in), if dirty => {}
             }
         }
@@ -435,6 +576,14 @@ fn log_attach(target: &Target, report: &attach::AttachReport) {
         ),
         None if !report.already => tracing::info!("attached {target} ({})", report.point.hook),
         None => {}
+    }
+}
+
+/// False when the feed client is gone (the receiver is then dropped).
+async fn feed_changed(state: &mut Option<tokio::sync::watch::Receiver<FeedState>>) -> bool {
+    match state {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

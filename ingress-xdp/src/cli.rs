@@ -8,11 +8,12 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 use crate::{
-    agent::{Agent, AgentConfig},
+    agent::{Agent, AgentConfig, FeedSettings},
     attach::{self, AttachPoint, Hook, PointCounters, Presence, Registry, Target, XdpModeChoice},
     cidr::Cidr,
     config::FileConfig,
-    docker::DEFAULT_LOCAL_DOCKER,
+    docker::{DEFAULT_DOCKER_DATA_ROOT, DEFAULT_LOCAL_DOCKER},
+    feed,
     pins::{self, DEFAULT_PIN_DIR, Pins},
     policy::{NamePattern, NodeDefault, PolicySettings},
     rules::{Mode, RuleRange, RuleSpec, RuleTable},
@@ -146,6 +147,21 @@ pub struct RunArgs {
     /// Seconds between full resyncs (events trigger them too). [default: 30]
     #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub resync_interval: Option<u64>,
+    /// Port of the policy feed. Agents on managers serve each node its own
+    /// rule set there (computed with that node's labels, role and hostname);
+    /// agents on workers follow it, so the label policy works on workers
+    /// without any Docker API leaving a manager. Both ends authenticate with
+    /// the certificates Swarm gave the node (mutual TLS). [default: 7949]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+    pub feed_port: Option<u16>,
+    /// Neither serve nor follow the policy feed: a worker then follows its
+    /// ingress network's view only (or --docker-host).
+    #[arg(long)]
+    pub no_feed: bool,
+    /// Docker's data root, which holds this node's Swarm certificates
+    /// (swarm/certificates) for the policy feed. [default: /var/lib/docker]
+    #[arg(long, env = "INGRESS_XDP_DOCKER_DATA_ROOT", value_name = "DIR")]
+    pub docker_data_root: Option<PathBuf>,
     #[command(flatten)]
     pub target: AttachArgs,
 }
@@ -202,6 +218,18 @@ pub fn agent_settings(args: &RunArgs, file: &FileConfig, pins: Pins) -> AgentSet
             resync: Duration::from_secs(
                 args.resync_interval.or(file.resync_interval).unwrap_or(30),
             ),
+            feed: (!(args.no_feed || file.no_feed.unwrap_or(false))).then(|| FeedSettings {
+                port: args
+                    .feed_port
+                    .or(file.feed_port)
+                    .unwrap_or(feed::DEFAULT_PORT),
+                certs_dir: args
+                    .docker_data_root
+                    .clone()
+                    .or_else(|| file.docker_data_root.clone())
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT))
+                    .join("swarm/certificates"),
+            }),
         },
     }
 }

@@ -14,6 +14,9 @@
 //! no-sbox = false
 //! hook = "xdp"                         # xdp | tc
 //! xdp-mode = "auto"                    # auto | native | generic
+//! feed-port = 7949                     # the policy feed (managers serve, workers follow)
+//! no-feed = false
+//! docker-data-root = "/var/lib/docker" # holds swarm/certificates
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -43,6 +46,9 @@ pub struct FileConfig {
     pub no_sbox: Option<bool>,
     pub hook: Option<Hook>,
     pub xdp_mode: Option<XdpModeChoice>,
+    pub feed_port: Option<u16>,
+    pub no_feed: Option<bool>,
+    pub docker_data_root: Option<PathBuf>,
 }
 
 impl FileConfig {

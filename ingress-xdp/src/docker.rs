@@ -19,7 +19,7 @@ use bollard::{
     errors::Error as DockerError,
     models::{
         EndpointPortConfigProtocolEnum as ProtoEnum, EndpointPortConfigPublishModeEnum as ModeEnum,
-        NodeSpecRoleEnum, Service,
+        Node, NodeSpecRoleEnum, Service,
     },
     query_parameters::{EventsOptions, InspectNetworkOptions},
 };
@@ -30,6 +30,8 @@ use crate::{
 };
 
 pub const DEFAULT_LOCAL_DOCKER: &str = "unix:///var/run/docker.sock";
+/// Where Docker keeps its state, and the node's Swarm certificates under it.
+pub const DEFAULT_DOCKER_DATA_ROOT: &str = "/var/lib/docker";
 
 /// bollard's default request timeout (seconds).
 const TIMEOUT_SECS: u64 = 120;
@@ -180,6 +182,13 @@ pub async fn node_info(local: &Docker, cluster: Option<&Docker>) -> Result<NodeI
         .inspect_node(&id)
         .await
         .with_context(|| format!("GET /nodes/{id}"))?;
+    complete_from_node(&mut node, inspected);
+    Ok(node)
+}
+
+/// Fills what the cluster knows of a node (labels, role, hostname, platform)
+/// over what its own engine said.
+fn complete_from_node(node: &mut NodeInfo, inspected: Node) {
     if let Some(spec) = inspected.spec {
         node.labels = sorted(spec.labels);
         node.role = match spec.role {
@@ -193,11 +202,58 @@ pub async fn node_info(local: &Docker, cluster: Option<&Docker>) -> Result<NodeI
             node.hostname = hostname;
         }
         if let Some(platform) = desc.platform {
-            node.os = platform.os.unwrap_or(node.os);
-            node.arch = platform.architecture.unwrap_or(node.arch);
+            node.os = platform.os.unwrap_or(std::mem::take(&mut node.os));
+            node.arch = platform
+                .architecture
+                .unwrap_or(std::mem::take(&mut node.arch));
+        }
+        if let Some(labels) = desc.engine.and_then(|e| e.labels) {
+            node.engine_labels = sorted(Some(labels));
         }
     }
-    Ok(node)
+}
+
+/// Every node of the swarm by ID, as the policy sees it (`GET /nodes`,
+/// managers only): what the policy feed evaluates for each worker.
+pub async fn nodes(cluster: &Docker) -> Result<BTreeMap<String, NodeInfo>> {
+    let list = cluster
+        .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+        .await
+        .context("GET /nodes")?;
+    Ok(list
+        .into_iter()
+        .filter_map(|n| {
+            let mut node = NodeInfo {
+                id: n.id.clone()?,
+                ..NodeInfo::default()
+            };
+            complete_from_node(&mut node, n);
+            Some((node.id.clone(), node))
+        })
+        .collect())
+}
+
+/// The managers' addresses, from this node's engine (`/info`,
+/// `Swarm.RemoteManagers`, which workers have too).
+pub async fn remote_managers(local: &Docker) -> Result<Vec<std::net::IpAddr>> {
+    let info = local.info().await.context("GET /info")?;
+    let peers = info
+        .swarm
+        .and_then(|s| s.remote_managers)
+        .unwrap_or_default();
+    let mut out: Vec<std::net::IpAddr> = peers
+        .iter()
+        .filter_map(|p| {
+            let addr = p.addr.as_deref()?;
+            addr.parse::<std::net::SocketAddr>()
+                .map(|a| a.ip())
+                .or_else(|_| addr.parse())
+                .ok()
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
 }
 
 fn service_info(service: Service) -> Option<ServiceInfo> {

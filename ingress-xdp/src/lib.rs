@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod constraint;
 pub mod docker;
+pub mod feed;
 pub mod fixed;
 pub mod model;
 pub mod pins;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod rules;
 pub mod spec;
+pub mod swarm_pki;
 pub mod sys;
 pub mod upgrade;
 

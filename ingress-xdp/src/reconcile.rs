@@ -4,9 +4,25 @@
 
 use std::collections::BTreeMap;
 
-use crate::{rules::DockerRule, spec::Protocol};
+use crate::{policy::Reason, rules::DockerRule, spec::Protocol};
 
 pub type PortKey = (Protocol, u16);
+
+/// The policy's blocked ports as the rules the agent owns.
+pub fn wanted_rules(blocked: BTreeMap<PortKey, Reason>) -> BTreeMap<PortKey, DockerRule> {
+    blocked
+        .into_iter()
+        .map(|(key, reason)| {
+            (
+                key,
+                DockerRule {
+                    service: reason.service,
+                    why: reason.why,
+                },
+            )
+        })
+        .collect()
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Change {

@@ -1353,8 +1353,13 @@ impl Dockerd {
 
     /// Joins `manager`'s swarm as a worker; waits for this node's ingress_sbox.
     pub fn swarm_join(&self, manager: &Dockerd) {
+        self.swarm_join_as(manager, "worker");
+    }
+
+    /// Joins `manager`'s swarm as a `role` ("worker" or "manager").
+    pub fn swarm_join_as(&self, manager: &Dockerd, role: &str) {
         let t0 = Instant::now();
-        let token = manager.docker(["swarm", "join-token", "-q", "worker"]);
+        let token = manager.docker(["swarm", "join-token", "-q", role]);
         self.docker([
             "swarm",
             "join",
@@ -2072,5 +2077,70 @@ impl Cluster {
             .footprint()
             .merge(self.worker.footprint())
             .merge(self.lan.footprint())
+    }
+}
+
+/// A swarm of several managers (the first initialises it) and workers, each
+/// a private dockerd on one lan. Workers are declared first so that they
+/// leave first on drop.
+pub struct Swarm {
+    pub workers: Vec<Dockerd>,
+    pub managers: Vec<Dockerd>,
+    pub lan: Arc<Lan>,
+}
+
+impl Swarm {
+    pub fn start(tag: &str, managers: usize, workers: usize) -> Self {
+        assert!(managers >= 1);
+        let t0 = Instant::now();
+        let lan = Lan::new(&format!("{tag}l"));
+        let names: Vec<String> = (0..managers)
+            .map(|i| format!("{tag}m{i}"))
+            .chain((0..workers).map(|i| format!("{tag}w{i}")))
+            .collect();
+        // Every daemon starts (and loads the image) in parallel.
+        let mut daemons: Vec<Dockerd> = std::thread::scope(|s| {
+            let handles: Vec<_> = names
+                .iter()
+                .map(|name| {
+                    let lan = &lan;
+                    s.spawn(move || {
+                        let d = Dockerd::start_on(lan, name, DaemonOptions::default());
+                        d.load_test_image();
+                        d
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let worker_list = daemons.split_off(managers);
+        let manager_list = daemons;
+        manager_list[0].swarm_init();
+        for m in &manager_list[1..] {
+            m.swarm_join_as(&manager_list[0], "manager");
+        }
+        for w in &worker_list {
+            w.swarm_join(&manager_list[0]);
+        }
+        manager_list[0].wait_nodes_ready(managers + workers);
+        log(format!(
+            "swarm {tag} ({managers} managers, {workers} workers) up in {}",
+            ms(t0.elapsed())
+        ));
+        Self {
+            workers: worker_list,
+            managers: manager_list,
+            lan,
+        }
+    }
+
+    pub fn footprint(&self) -> Footprint {
+        self.managers
+            .iter()
+            .chain(&self.workers)
+            .fold(self.lan.footprint(), |f, d| f.merge(d.footprint()))
     }
 }

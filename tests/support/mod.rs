@@ -14,6 +14,7 @@ use std::{
 pub mod agent;
 pub mod docker;
 pub mod old_release;
+pub mod pki;
 pub mod reference;
 pub mod traffic;
 
