@@ -62,7 +62,8 @@ const TEST_PACKAGES: &[&str] = &[
     "docker.io",      // private dockerd swarms (tests/support/docker.rs)
     "busybox-static", // the test image's userland (FROM scratch)
     "socat",          // the test image's UDP responder
-    "openssl",        // certificates for the TLS manager (tests/agent_tls.rs)
+    "openssl",        // certificates for the TLS manager and feed clients (agent_tls, feed)
+    "systemd",        // systemd-analyze verify/security of deploy/ingress-xdp.service
 ];
 
 fn main() -> Result<()> {
