@@ -16,7 +16,10 @@ use rustls::pki_types::ServerName;
 use tokio::{io::BufReader, net::TcpStream, sync::watch, time::timeout};
 use tokio_rustls::TlsConnector;
 
-use super::{DEAD_AFTER, HANDSHAKE_TIMEOUT, Message, Request, from_wire, server::read_line};
+use super::{
+    DEAD_AFTER, HANDSHAKE_TIMEOUT, Message, Request, from_wire,
+    server::{read_line, send},
+};
 use crate::{
     docker,
     reconcile::PortKey,
@@ -153,7 +156,9 @@ async fn session(
     let request = Request {
         node: certs.identity.node_id.clone(),
     };
-    write_request(&mut write, &request).await?;
+    send(&mut write, &request)
+        .await
+        .context("sending the request")?;
     let mut check = tokio::time::interval(CERT_CHECK);
     loop {
         tokio::select! {
@@ -177,19 +182,4 @@ async fn session(
             }
         }
     }
-}
-
-async fn write_request<W: tokio::io::AsyncWrite + Unpin>(
-    write: &mut W,
-    request: &Request,
-) -> Result<()> {
-    // The request is not a `Message`, but goes out the same way.
-    let mut line = serde_json::to_vec(request)?;
-    line.push(b'\n');
-    tokio::io::AsyncWriteExt::write_all(write, &line)
-        .await
-        .context("sending the request")?;
-    tokio::io::AsyncWriteExt::flush(write)
-        .await
-        .context("sending the request")
 }

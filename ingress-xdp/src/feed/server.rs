@@ -188,6 +188,18 @@ impl Connection {
         tracing::warn!("policy feed: refused {}: {reason}", self.peer);
     }
 
+    /// Tells the client why, then logs it.
+    async fn refuse<W: tokio::io::AsyncWrite + Unpin>(&self, write: &mut W, reason: String) {
+        let _ = send(
+            write,
+            &Message::Refused {
+                reason: reason.clone(),
+            },
+        )
+        .await;
+        self.refused(&reason);
+    }
+
     async fn run(mut self, stream: TcpStream) {
         let _ = stream.set_nodelay(true);
         let tls = match timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
@@ -207,15 +219,7 @@ impl Connection {
             Some(Ok(identity)) => identity,
             Some(Err(e)) => {
                 let reason = format!("its certificate names no Swarm node: {e:#}");
-                send(
-                    &mut write,
-                    &Message::Refused {
-                        reason: reason.clone(),
-                    },
-                )
-                .await
-                .ok();
-                return self.refused(&reason);
+                return self.refuse(&mut write, reason).await;
             }
             None => return self.refused("no client certificate"),
         };
@@ -232,15 +236,7 @@ impl Connection {
         }) {
             Ok(request) => request,
             Err(reason) => {
-                send(
-                    &mut write,
-                    &Message::Refused {
-                        reason: reason.clone(),
-                    },
-                )
-                .await
-                .ok();
-                return self.refused(&reason);
+                return self.refuse(&mut write, reason).await;
             }
         };
         self.stats.served.fetch_add(1, Ordering::Relaxed);
@@ -299,9 +295,10 @@ impl Connection {
     }
 }
 
+/// One JSON line (a [`Message`], or the client's [`Request`]).
 pub(super) async fn send<W: tokio::io::AsyncWrite + Unpin>(
     write: &mut W,
-    message: &Message,
+    message: &impl serde::Serialize,
 ) -> Result<()> {
     let mut line = serde_json::to_vec(message)?;
     line.push(b'\n');
