@@ -1,0 +1,58 @@
+//! `status`: where the programs are attached and which build runs there.
+
+use super::*;
+
+pub(super) fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
+    sys::require_root()?;
+    let registry = Registry::open(pins)?;
+    let points = registry.points()?;
+    if json {
+        let docs: Vec<_> = points
+            .iter()
+            .map(|p| serde_json::json!({ "point": p, "presence": p.presence() }))
+            .collect();
+        return write_json(&serde_json::json!({
+            "pin_dir": pins.dir(),
+            "layout": ingress_xdp_common::LAYOUT_VERSION,
+            "build": pins::build(),
+            "attach_points": docs,
+        }));
+    }
+    println!(
+        "state layout {} in {}; this build {}",
+        ingress_xdp_common::LAYOUT_VERSION,
+        pins.dir().display(),
+        pins::build()
+    );
+    if points.is_empty() {
+        println!(
+            "nothing attached (rules are kept in {})",
+            pins.dir().display()
+        );
+        return Ok(());
+    }
+    println!(
+        "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {:<20} STATE",
+        "ID", "NETNS", "IFACE", "HOOK", "MODE", "PROG", "LINK", "BUILD"
+    );
+    for p in points {
+        let build = if p.build == pins::build() {
+            p.build.clone()
+        } else {
+            format!("{} (older: run attach)", p.build)
+        };
+        println!(
+            "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {:<20} {}",
+            p.id,
+            p.netns.as_deref().unwrap_or("(host)"),
+            p.iface,
+            p.hook.to_string(),
+            p.mode.map(|m| m.to_string()).unwrap_or_else(|| "-".into()),
+            p.program_id,
+            p.link_id,
+            build,
+            p.presence()
+        );
+    }
+    Ok(())
+}
