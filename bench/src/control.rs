@@ -298,6 +298,7 @@ fn full_syncs(d: &Dockerd, settings: ControlSettings, results: &mut ControlResul
             resync: Duration::from_secs(30),
             // The bench measures one manager; the policy feed has its own test.
             feed: None,
+            run_dir: None,
         });
         let t = Instant::now();
         runtime

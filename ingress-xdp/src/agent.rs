@@ -25,9 +25,11 @@ use crate::{
         client::{ClientSettings, Feed, FeedState},
         server::{Hub, ServerSettings, Snapshot},
     },
+    health::{self, Heartbeat},
     model::{NodeInfo, ServiceInfo},
     pins::Pins,
     policy::{self, PolicySettings},
+    preflight,
     reconcile::{Change, PortKey, plan, wanted_rules},
     rules::{DockerRule, RuleTable},
     sys::{self, NetnsId},
@@ -56,6 +58,8 @@ pub struct AgentConfig {
     /// The policy feed: served by managers, followed by workers. None: off
     /// (a worker then follows only its own ingress view, or `manager`).
     pub feed: Option<FeedSettings>,
+    /// Where the heartbeat for `health` goes; None: none is written.
+    pub run_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -73,6 +77,20 @@ const FALLBACK_POLL: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a worker's first sync waits for the policy feed to answer.
 const FEED_GRACE: Duration = Duration::from_secs(2);
+/// The heartbeat's period.
+const BEAT: Duration = Duration::from_secs(2);
+/// An engine in a swarm has its ingress_sbox within this after a sync.
+const SBOX_EXPECTED_WITHIN: Duration = Duration::from_secs(10);
+
+impl SourceMode {
+    fn describe(self) -> String {
+        match self {
+            SourceMode::Manager => "a manager's API".into(),
+            SourceMode::Feed(addr) => format!("the policy feed of {addr}"),
+            SourceMode::LocalFallback => "the local ingress view (fallback)".into(),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum SourceMode {
@@ -110,6 +128,12 @@ pub struct Agent {
     feed_keep: Option<BTreeMap<PortKey, DockerRule>>,
     /// The feed's last "down" reason logged.
     feed_down: Option<String>,
+    last_sync_ok: Option<u64>,
+    /// When a sync first succeeded (the engine then is in a swarm).
+    first_ok: Option<Instant>,
+    host_checked: bool,
+    /// Deployment problems by kind, while they stand.
+    problems: BTreeMap<&'static str, String>,
 }
 
 impl Agent {
@@ -128,6 +152,85 @@ impl Agent {
             feed: None,
             feed_keep: None,
             feed_down: None,
+            last_sync_ok: None,
+            first_ok: None,
+            host_checked: false,
+            problems: BTreeMap::new(),
+        }
+    }
+
+    fn set_problem(&mut self, kind: &'static str, problem: Option<String>) {
+        match problem {
+            Some(p) => {
+                if self.problems.get(kind) != Some(&p) {
+                    tracing::error!("deployment problem: {p}");
+                    self.problems.insert(kind, p);
+                }
+            }
+            None => {
+                if self.problems.remove(kind).is_some() {
+                    tracing::info!("deployment problem resolved ({kind})");
+                }
+            }
+        }
+    }
+
+    /// The checks that need only this process's view: the netns directory's
+    /// mount, once at start.
+    fn preflight(&mut self) {
+        let Some(dir) = self
+            .cfg
+            .sbox_netns
+            .as_deref()
+            .and_then(preflight::netns_dir_of)
+        else {
+            return;
+        };
+        let problem = preflight::netns_mount_problem(&preflight::read_mountinfo(), &dir);
+        self.set_problem("netns-mount", problem);
+    }
+
+    /// Once Docker answers: is this the node's network namespace?
+    async fn check_host_network(&mut self) {
+        if self.host_checked {
+            return;
+        }
+        let Ok(local) = self.local().await else {
+            return;
+        };
+        if let Ok(addr) = docker::swarm_node_addr(&local).await {
+            self.host_checked = true;
+            let problem = preflight::host_network_problem(addr, &preflight::local_addrs());
+            self.set_problem("host-network", problem);
+        }
+    }
+
+    /// Writes the heartbeat, after judging whether the sandbox should be
+    /// visible by now.
+    fn beat(&mut self) {
+        if let Some(path) = self.cfg.sbox_netns.clone() {
+            let missing = self
+                .first_ok
+                .is_some_and(|t| t.elapsed() > SBOX_EXPECTED_WITHIN)
+                && !path.exists();
+            self.set_problem(
+                "sbox-missing",
+                missing.then(|| preflight::sbox_missing_problem(&path)),
+            );
+        }
+        let Some(dir) = &self.cfg.run_dir else {
+            return;
+        };
+        let beat = Heartbeat {
+            pid: std::process::id(),
+            updated_at: sys::now_secs(),
+            last_sync_ok: self.last_sync_ok,
+            source: self.mode.map(|m| m.describe()),
+            docker_error: self.docker_down.clone(),
+            problems: self.problems.values().cloned().collect(),
+        };
+        if let Err(e) = health::write(dir, &beat) {
+            tracing::warn!("heartbeat: {e:#}");
         }
     }
 
@@ -497,8 +600,11 @@ impl Agent {
     /// start-up error; the pinned state stays either way.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
         self.attach_host()?;
+        self.preflight();
         self.watch_sbox();
+        self.beat();
         tokio::pin!(shutdown);
+        let mut beat_tick = tokio::time::interval(BEAT);
         let mut resync = tokio::time::interval(self.cfg.resync);
         let mut sbox_tick = tokio::time::interval(SBOX_POLL);
         let mut fallback_tick = tokio::time::interval(FALLBACK_POLL);
@@ -512,6 +618,10 @@ impl Agent {
                 match self.sync().await {
                     Ok(()) => {
                         self.docker_ok();
+                        self.last_sync_ok = Some(sys::now_secs());
+                        self.first_ok.get_or_insert_with(Instant::now);
+                        self.check_host_network().await;
+                        self.beat();
                         dirty = false;
                         backoff = Duration::from_millis(250);
                         if events.is_none() {
@@ -541,6 +651,7 @@ impl Agent {
                 }
                 _ = resync.tick() => dirty = true,
                 _ = sbox_tick.tick() => self.watch_sbox(),
+                _ = beat_tick.tick() => self.beat(),
                 _ = fallback_tick.tick(), if self.mode == Some(SourceMode::LocalFallback) => dirty = true,
                 event = next_event(&mut events) => match event {
                     Some(Ok(_)) => dirty = true,

@@ -233,6 +233,15 @@ pub async fn nodes(cluster: &Docker) -> Result<BTreeMap<String, NodeInfo>> {
         .collect())
 }
 
+/// This node's address in the swarm (`/info` Swarm.NodeAddr), if it is in one.
+pub async fn swarm_node_addr(local: &Docker) -> Result<Option<std::net::IpAddr>> {
+    let info = local.info().await.context("GET /info")?;
+    Ok(info
+        .swarm
+        .and_then(|s| s.node_addr)
+        .and_then(|a| a.parse().ok()))
+}
+
 /// The managers' addresses, from this node's engine (`/info`,
 /// `Swarm.RemoteManagers`, which workers have too).
 pub async fn remote_managers(local: &Docker) -> Result<Vec<std::net::IpAddr>> {

@@ -57,9 +57,13 @@ impl AgentProc {
             "run".into(),
             "--iface".into(),
             super::docker::NIC.into(),
-            "--sbox-netns".into(),
-            d.sbox_netns().display().to_string(),
         ];
+        if !extra.contains(&"--sbox-netns") {
+            args.extend([
+                "--sbox-netns".to_string(),
+                d.sbox_netns().display().to_string(),
+            ]);
+        }
         if !extra.contains(&"--local-docker") {
             args.extend(["--local-docker".to_string(), d.host()]);
         }

@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+mod health;
 mod rules;
 mod run;
 mod stats;
@@ -30,6 +31,7 @@ use crate::{
     config::FileConfig,
     docker::{DEFAULT_DOCKER_DATA_ROOT, DEFAULT_LOCAL_DOCKER},
     feed,
+    health::DEFAULT_RUN_DIR,
     pins::{self, DEFAULT_PIN_DIR, Pins},
     policy::{NamePattern, NodeDefault, PolicySettings},
     rules::{Mode, RuleRange, RuleSpec, RuleTable},
@@ -134,6 +136,26 @@ pub enum Command {
     ///   ingress-xdp run --config /etc/ingress-xdp.toml
     #[command(verbatim_doc_comment)]
     Run(Box<RunArgs>),
+    /// Exit 0 when the filter and the agent are healthy, 1 otherwise: a
+    /// container healthcheck (the stack file uses it).
+    ///
+    /// Fails when a recorded attach point is missing, when nothing is
+    /// attached, when the agent's heartbeat (written by `run` into --run-dir
+    /// every 2 s) is older than --max-age or its process is gone, or when
+    /// the agent found a deployment problem (not on the host network, Docker's
+    /// netns directory not bound, or bound without rslave propagation). A
+    /// Docker outage is only a warning: the drops stay. One line per check.
+    Health {
+        /// Where `run` writes its heartbeat.
+        #[arg(long, env = "INGRESS_XDP_RUN_DIR", default_value = DEFAULT_RUN_DIR)]
+        run_dir: PathBuf,
+        /// Seconds without a heartbeat after which the agent counts as stuck.
+        #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+        max_age: u64,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where to attach: shared by `attach` and `run`.
@@ -187,6 +209,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats { json, watch } => cmd_stats(&pins, json, watch),
         Command::Status { json } => cmd_status(&pins, json),
         Command::Run(args) => cmd_run(pins, &args),
+        Command::Health {
+            run_dir,
+            max_age,
+            json,
+        } => health::cmd_health(&pins, &run_dir, max_age, json),
     }
 }
 

@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// (swarm/certificates) for the policy feed. [default: /var/lib/docker]
     #[arg(long, env = "INGRESS_XDP_DOCKER_DATA_ROOT", value_name = "DIR")]
     pub docker_data_root: Option<PathBuf>,
+    /// Where to write the heartbeat that `health` reads.
+    #[arg(long, env = "INGRESS_XDP_RUN_DIR", value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
+    pub run_dir: PathBuf,
     #[command(flatten)]
     pub target: AttachArgs,
 }
@@ -113,6 +116,7 @@ pub fn agent_settings(args: &RunArgs, file: &FileConfig, pins: Pins) -> AgentSet
                     .unwrap_or_else(|| PathBuf::from(DEFAULT_DOCKER_DATA_ROOT))
                     .join("swarm/certificates"),
             }),
+            run_dir: Some(args.run_dir.clone()),
         },
     }
 }
