@@ -1255,7 +1255,7 @@ impl Dockerd {
 
     /// The docker CLI for this daemon (its own config directory, no
     /// inherited DOCKER_* variables, killed after 2 minutes).
-    fn cli(&self) -> Command {
+    pub fn cli(&self) -> Command {
         let mut cmd = Command::new("timeout");
         cmd.args(["--kill-after=5", "120", DOCKER])
             .env_clear()

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod fuzz;
+mod image;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "ingress-xdp project tasks")]
@@ -51,6 +52,9 @@ enum Task {
     /// Benchmark: per-packet cost, drop rate beside iptables/nft/xdp-filter,
     /// control-plane latency; writes bench/RESULTS.md and a chart; as root.
     Bench(bench::BenchArgs),
+    /// Build the image ingress-xdp:<version> (the release binary and its
+    /// libraries, no base image) as a `docker load` archive in target/image/.
+    Image(image::ImageArgs),
 }
 
 /// Debian packages the integration tests run.
@@ -73,6 +77,7 @@ fn main() -> Result<()> {
         Task::Test { args } => test(args),
         Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(args) => bench::bench(args),
+        Task::Image(args) => image::image(args),
     }
 }
 
@@ -316,6 +321,8 @@ fn test(args: Vec<String>) -> Result<()> {
     }
     status(cargo().args(["fmt", "--all", "--check"])).context("run `cargo fmt --all`")?;
     status(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // tests/stack.rs deploys the image (target/image/) on a test swarm.
+    image::image(image::ImageArgs::default())?;
     status(cargo().arg("test").args(&args))?;
     if args.is_empty() {
         // Regression smoke: the benchmark still builds and runs (it reports
