@@ -319,6 +319,15 @@ fn the_feed_refuses_strangers_and_follows_a_ca_rotation() {
     support::require_root();
     let swarm = Swarm::start("fb", 1, 1);
     let (m, w) = (&swarm.managers[0], &swarm.workers[0]);
+    report(format!(
+        "feed: engine {}",
+        m.docker([
+            "version",
+            "--format",
+            "{{.Server.Version}} (API {{.Server.APIVersion}})"
+        ])
+        .trim()
+    ));
     let (pm, pw) = (TestPins::new("fbm"), TestPins::new("fbw"));
     let am = agent_on(m, &pm);
     let aw = agent_on(w, &pw);

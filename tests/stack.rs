@@ -117,6 +117,15 @@ fn the_stack_puts_an_agent_on_every_node() {
     );
     let swarm = Swarm::start("sk", 1, 1);
     let (m, w) = (&swarm.managers[0], &swarm.workers[0]);
+    report(format!(
+        "stack: engine {}",
+        m.docker([
+            "version",
+            "--format",
+            "{{.Server.Version}} (API {{.Server.APIVersion}})"
+        ])
+        .trim()
+    ));
     let nodes = [m, w];
     let tmp = TempDir::new("skst");
     let prefix = support::unique("sk");

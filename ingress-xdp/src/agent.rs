@@ -343,6 +343,18 @@ impl Agent {
             return Ok(d.clone());
         }
         let d = docker::connect(&self.cfg.local_docker).await?;
+        if self.mode.is_none() {
+            // Named once, so that logs from different engines can be told apart.
+            match d.version().await {
+                Ok(v) => tracing::info!(
+                    "this node's Docker Engine: {} (API {}, negotiated {})",
+                    v.version.as_deref().unwrap_or("?"),
+                    v.api_version.as_deref().unwrap_or("?"),
+                    d.client_version()
+                ),
+                Err(e) => tracing::debug!("GET /version: {e}"),
+            }
+        }
         self.local = Some(d.clone());
         Ok(d)
     }

@@ -79,6 +79,15 @@ use super::{Netns, sh, sh_out, traffic::Reach, unique};
 /// be newer or absent).
 pub const DOCKER: &str = "/usr/bin/docker";
 pub const DOCKERD: &str = "/usr/sbin/dockerd";
+
+/// The dockerd the tests start: `IXT_DOCKERD` (xtask sets it to the newer
+/// engine for a second run) or the system's.
+pub fn dockerd_bin() -> String {
+    std::env::var("IXT_DOCKERD")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| DOCKERD.to_string())
+}
 /// The test image every daemon gets from [`Dockerd::load_test_image`].
 pub const IMAGE: &str = "ixt-httpd:latest";
 /// The node's NIC inside each daemon namespace (its veth to the lan).
@@ -1103,7 +1112,8 @@ impl Dockerd {
         // the containers are all found at teardown), names the node in its
         // own UTS namespace, then becomes dockerd.
         let script = format!(
-            "echo $$ > {procs} && echo {host} > /proc/sys/kernel/hostname && exec {DOCKERD} {args}",
+            "echo $$ > {procs} && echo {host} > /proc/sys/kernel/hostname && exec {dockerd} {args}",
+            dockerd = dockerd_bin(),
             procs = self.daemon_cgroup().join("cgroup.procs").display(),
             host = self.name,
             args = args
@@ -1123,7 +1133,17 @@ impl Dockerd {
             .env_clear()
             // Swarm tasks use the local image instead of asking a registry.
             .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
-            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            // Its own directory first, for its own docker-proxy.
+            .env(
+                "PATH",
+                format!(
+                    "{}:/usr/sbin:/usr/bin:/sbin:/bin",
+                    Path::new(&dockerd_bin())
+                        .parent()
+                        .unwrap_or(Path::new("/"))
+                        .display()
+                ),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log);

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod engine;
 mod fuzz;
 mod image;
 
@@ -56,6 +57,9 @@ enum Task {
     /// libraries, no base image) as a `docker load` archive in target/image/.
     Image(image::ImageArgs),
 }
+
+/// The test binaries that drive a Docker Engine, run on both engines.
+const ENGINE_TESTS: &[&str] = &["agent", "agent_cluster", "agent_tls", "feed", "stack"];
 
 /// Debian packages the integration tests run.
 const TEST_PACKAGES: &[&str] = &[
@@ -142,6 +146,7 @@ fn setup(test_packages: bool) -> Result<()> {
     ensure_bpf_linker()?;
     if test_packages {
         ensure_debian_packages(TEST_PACKAGES)?;
+        engine::ensure()?;
     }
     Ok(())
 }
@@ -325,6 +330,15 @@ fn test(args: Vec<String>) -> Result<()> {
     image::image(image::ImageArgs::default())?;
     status(cargo().arg("test").args(&args))?;
     if args.is_empty() {
+        // The tests that drive a Docker Engine, again on the newer one.
+        let dockerd = engine::dockerd();
+        eprintln!("test: the engine tests again with {}", dockerd.display());
+        status(
+            cargo()
+                .args(["test", "--package", "ingress-xdp"])
+                .args(ENGINE_TESTS.iter().flat_map(|t| ["--test", t]))
+                .env("IXT_DOCKERD", &dockerd),
+        )?;
         // Regression smoke: the benchmark still builds and runs (it reports
         // its figures and asserts no timing).
         bench::bench(bench::BenchArgs::quick())?;
