@@ -51,6 +51,7 @@ pub fn evaluate(
     control: Option<&ControlResults>,
     reads: Option<&ReadsResults>,
     upgrade: Option<&UpgradeResults>,
+    feed: Option<&crate::feed::FeedResults>,
 ) -> Vec<Goal> {
     let mut goals = Vec::new();
     for (hook, name) in [(Hook::Xdp, "XDP"), (Hook::Tc, "TC")] {
@@ -145,6 +146,25 @@ pub fn evaluate(
         5,
         "upgrade from 0.1.0 in place under traffic: 0 packets to the blocked port pass",
         upgrade.and_then(upgrade_passed),
+    ));
+    goals.push(Goal::new(
+        6,
+        "policy feed: `docker service update` returned -> the changed rule set at every one of 1,000 workers: p99 <= 250 ms",
+        feed.and_then(|f| {
+            if f.latencies_ms.is_empty() {
+                return None;
+            }
+            let (p50, p99, max) = crate::report::feed_percentiles(f);
+            Some((
+                format!(
+                    "{} clients: p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms; agent {:.0} ms CPU per update, {:.1} MB RSS",
+                    f.clients,
+                    f.cpu_per_trial_s * 1000.0,
+                    f.rss_mb
+                ),
+                p99 <= 250.0,
+            ))
+        }),
     ));
     goals
 }

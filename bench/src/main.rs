@@ -22,6 +22,7 @@ mod control;
 mod cost;
 mod counters;
 mod cpu;
+mod feed;
 mod frames;
 mod generator;
 mod goals;
@@ -52,6 +53,7 @@ use clap::{Parser, ValueEnum};
 use crate::{
     control::ControlSettings,
     cost::CostSettings,
+    feed::FeedSettings,
     rate::RateSettings,
     reads::ReadsSettings,
     report::{Part, Run},
@@ -76,7 +78,7 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_values = ["cost", "rate", "control", "reads", "upgrade"]
+        default_values = ["cost", "rate", "control", "reads", "upgrade", "feed"]
     )]
     parts: Vec<PartName>,
     /// Drop methods of part 2 [default: all].
@@ -96,6 +98,8 @@ enum PartName {
     Reads,
     /// 5: in-place upgrade from 0.1.0 under traffic.
     Upgrade,
+    /// 6: the policy feed, one manager and 1,000 simulated workers.
+    Feed,
 }
 
 struct Plan {
@@ -104,6 +108,7 @@ struct Plan {
     control: ControlSettings,
     reads: ReadsSettings,
     upgrade: UpgradeSettings,
+    feed: FeedSettings,
 }
 
 impl Plan {
@@ -131,6 +136,10 @@ impl Plan {
                     before: Duration::from_millis(200),
                     after: Duration::from_millis(100),
                 },
+                feed: FeedSettings {
+                    clients: 50,
+                    trials: 2,
+                },
             }
         } else {
             Self {
@@ -155,13 +164,17 @@ impl Plan {
                     before: Duration::from_millis(300),
                     after: Duration::from_millis(200),
                 },
+                feed: FeedSettings {
+                    clients: 1000,
+                    trials: 10,
+                },
             }
         }
     }
 }
 
 /// Tools each part drives, with their Debian packages.
-const TOOLS: [(PartName, &str, &str); 15] = [
+const TOOLS: [(PartName, &str, &str); 17] = [
     (PartName::Cost, "xdp-filter", "xdp-tools"),
     (PartName::Cost, "bpftool", "bpftool"),
     (PartName::Cost, "ethtool", "ethtool"),
@@ -178,6 +191,8 @@ const TOOLS: [(PartName, &str, &str); 15] = [
     (PartName::Upgrade, "ethtool", "ethtool"),
     (PartName::Upgrade, "nft", "nftables"),
     (PartName::Upgrade, "nsenter", "util-linux"),
+    (PartName::Feed, "dockerd", "docker.io"),
+    (PartName::Feed, "busybox", "busybox-static"),
 ];
 
 fn main() {
@@ -243,6 +258,9 @@ fn bench(args: &Args) -> Result<bool> {
     let upgrade = run_part(wanted(PartName::Upgrade), "5 (upgrade)", || {
         upgrade::measure(&reference, plan.upgrade)
     });
+    let feed = run_part(wanted(PartName::Feed), "6 (policy feed)", || {
+        feed::measure(plan.feed)
+    });
     if interrupt::requested() {
         bail!("interrupted; cleaned up, wrote nothing");
     }
@@ -254,11 +272,13 @@ fn bench(args: &Args) -> Result<bool> {
         control_settings: plan.control,
         reads_settings: plan.reads,
         upgrade_settings: plan.upgrade,
+        feed_settings: plan.feed,
         cost,
         rate,
         control,
         reads,
         upgrade,
+        feed,
         elapsed: Duration::ZERO,
     };
     run.machine.finish();
@@ -270,6 +290,7 @@ fn bench(args: &Args) -> Result<bool> {
         run.control.done(),
         run.reads.done(),
         run.upgrade.done(),
+        run.feed.done(),
     );
     let chart_name = "results.png";
     let chart_path = out.join(chart_name);
@@ -285,6 +306,7 @@ fn bench(args: &Args) -> Result<bool> {
         matches!(run.control, Part::Failed(_)),
         matches!(run.reads, Part::Failed(_)),
         matches!(run.upgrade, Part::Failed(_)),
+        matches!(run.feed, Part::Failed(_)),
     ];
     Ok(!failed.contains(&true))
 }

@@ -5,6 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 use crate::{
     control::{ControlResults, ControlSettings},
     cost::{CostResults, CostSettings, Hook, Rules, Subject},
+    feed::{FeedResults, FeedSettings},
     goals::Goal,
     machine::Machine,
     methods::Method,
@@ -47,11 +48,13 @@ pub struct Run {
     pub control_settings: ControlSettings,
     pub reads_settings: ReadsSettings,
     pub upgrade_settings: UpgradeSettings,
+    pub feed_settings: FeedSettings,
     pub cost: Part<CostResults>,
     pub rate: Part<Vec<MethodResult>>,
     pub control: Part<ControlResults>,
     pub reads: Part<ReadsResults>,
     pub upgrade: Part<UpgradeResults>,
+    pub feed: Part<FeedResults>,
     pub elapsed: Duration,
 }
 
@@ -105,6 +108,7 @@ pub fn markdown(run: &Run, goals: &[Goal], chart: &str) -> String {
     part3(&mut md, run);
     part4(&mut md, run);
     part5(&mut md, run);
+    part6(&mut md, run);
     md
 }
 
@@ -508,6 +512,53 @@ fn part5(md: &mut String, run: &Run) {
     );
 }
 
+fn part6(md: &mut String, run: &Run) {
+    let s = run.feed_settings;
+    let _ = writeln!(
+        md,
+        "## 6. The policy feed: one manager, {} simulated workers\n\n\
+         A manager and a worker (private dockerds). The bench's own root CA becomes the swarm's \
+         (`docker swarm ca --rotate --ca-cert --ca-key`); it mints {} client certificates that \
+         all name the worker node, and {} tokio clients in a lan namespace each hold a mutual-TLS \
+         connection to the manager's agent (`ingress-xdp run`). Each of {} trials toggles a \
+         service's `ingress-xdp.nodes=node.role==manager` label (`docker service update \
+         --detach`) and times, per client, `docker service update` returning to that client \
+         receiving the changed rule set. CPU: the agent's user + system time over the trials; \
+         memory: its resident set with every client connected.\n",
+        s.clients, s.clients, s.clients, s.trials
+    );
+    if let Some(text) = run.feed.missing() {
+        let _ = writeln!(md, "{text}");
+        return;
+    }
+    let Some(f) = run.feed.done() else { return };
+    let (p50, p99, max) = feed_percentiles(f);
+    let _ = writeln!(
+        md,
+        "| engine | clients | all connected | update → every client: p50 | p99 | max | agent CPU per update | agent RSS |\n\
+         |---|---|---|---|---|---|---|---|\n\
+         | {} | {} | {:.2} s | {p50:.0} ms | {p99:.0} ms | {max:.0} ms | {:.0} ms | {:.1} MB |\n",
+        f.engine,
+        f.clients,
+        f.connect_all_s,
+        f.cpu_per_trial_s * 1000.0,
+        f.rss_mb
+    );
+}
+
+/// (p50, p99, max) of part 6's latencies, in ms.
+pub fn feed_percentiles(f: &FeedResults) -> (f64, f64, f64) {
+    let mut v = f.latencies_ms.clone();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    (at(0.5), at(0.99), at(1.0))
+}
+
 /// (spawn to new program, spawn to exit) over the trials of part 5.
 pub fn upgrade_summaries(u: &UpgradeResults) -> (Option<Summary>, Option<Summary>) {
     let p: Vec<f64> = u.trials.iter().map(|t| t.to_program_ms).collect();
@@ -603,12 +654,23 @@ pub fn summary(run: &Run, goals: &[Goal], written: &[String]) -> String {
             cell(e, 1)
         );
     }
+    if let Some(f) = run.feed.done() {
+        let (p50, p99, _) = feed_percentiles(f);
+        let _ = writeln!(
+            out,
+            "part 6  policy feed, {} clients: update -> every client p50 {p50:.0} ms, p99 {p99:.0} ms; agent {:.0} ms CPU per update, {:.1} MB RSS",
+            f.clients,
+            f.cpu_per_trial_s * 1000.0,
+            f.rss_mb
+        );
+    }
     for (name, part) in [
         ("1", run.cost.missing()),
         ("2", run.rate.missing()),
         ("3", run.control.missing()),
         ("4", run.reads.missing()),
         ("5", run.upgrade.missing()),
+        ("6", run.feed.missing()),
     ] {
         if let Some(text) = part {
             let _ = write!(out, "part {name}  {text}");
