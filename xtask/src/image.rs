@@ -44,8 +44,9 @@ pub fn image(args: ImageArgs) -> Result<()> {
     copy_into(&rootfs, &bin, Path::new("/ingress-xdp"))?;
     // Symbols are for debugging on the build machine, not for nodes.
     status(Command::new("strip").arg(rootfs.join("ingress-xdp")))?;
-    for lib in linked_libraries(&bin)? {
-        copy_into(&rootfs, &lib, &lib)?;
+    let libs = linked_libraries(&bin)?;
+    for lib in &libs {
+        copy_into(&rootfs, lib, lib)?;
     }
     // The agent writes its heartbeat here (`health` reads it).
     fs::create_dir_all(rootfs.join("run/ingress-xdp"))?;
@@ -112,7 +113,7 @@ pub fn image(args: ImageArgs) -> Result<()> {
         "image {tag}: {} ({:.1} MB uncompressed: the binary and {} libraries, no base image)",
         archive.display(),
         size as f64 / 1e6,
-        linked_libraries(&bin)?.len()
+        libs.len()
     );
     if let Some(host) = args.load {
         let host = if host.starts_with('/') {

@@ -16,10 +16,7 @@ use rustls::pki_types::ServerName;
 use tokio::{io::BufReader, net::TcpStream, sync::watch, time::timeout};
 use tokio_rustls::TlsConnector;
 
-use super::{
-    DEAD_AFTER, HANDSHAKE_TIMEOUT, Message, Request, from_wire,
-    server::{read_line, send},
-};
+use super::{DEAD_AFTER, HANDSHAKE_TIMEOUT, Message, Request, from_wire, read_line, send};
 use crate::{
     docker,
     reconcile::PortKey,

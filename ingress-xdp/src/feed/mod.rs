@@ -20,7 +20,9 @@ pub mod server;
 
 use std::{collections::BTreeMap, time::Duration};
 
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::{reconcile::PortKey, rules::DockerRule, spec::Protocol, swarm_pki::Identity};
 
@@ -106,6 +108,36 @@ pub fn authorize(peer: &Identity, cluster_id: &str, requested: &str) -> Result<(
         ));
     }
     Ok(())
+}
+
+/// One JSON line (a [`Message`], or the client's [`Request`]).
+pub(crate) async fn send<W: tokio::io::AsyncWrite + Unpin>(
+    write: &mut W,
+    message: &impl serde::Serialize,
+) -> Result<()> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    write.write_all(&line).await.context("sending")?;
+    write.flush().await.context("sending")
+}
+
+/// One line, at most [`MAX_LINE`] bytes; `None` at EOF.
+pub(crate) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> Result<Option<String>> {
+    let mut buf = Vec::new();
+    let n = (&mut *reader)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut buf)
+        .await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') {
+        anyhow::bail!("line longer than {MAX_LINE} bytes or cut short");
+    }
+    buf.pop();
+    Ok(Some(String::from_utf8(buf).context("not UTF-8")?))
 }
 
 #[cfg(test)]

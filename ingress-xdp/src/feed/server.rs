@@ -20,14 +20,14 @@ use std::{
 
 use anyhow::{Context, Result};
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, BufReader},
     net::{TcpListener, TcpStream},
     sync::watch,
     time::timeout,
 };
 use tokio_rustls::TlsAcceptor;
 
-use super::{HANDSHAKE_TIMEOUT, MAX_LINE, Message, PING_EVERY, Request, authorize, to_wire};
+use super::{HANDSHAKE_TIMEOUT, Message, PING_EVERY, Request, authorize, read_line, send, to_wire};
 use crate::{
     model::{NodeInfo, ServiceInfo},
     policy::{self, PolicySettings},
@@ -293,34 +293,4 @@ impl Connection {
             }
         }
     }
-}
-
-/// One JSON line (a [`Message`], or the client's [`Request`]).
-pub(super) async fn send<W: tokio::io::AsyncWrite + Unpin>(
-    write: &mut W,
-    message: &impl serde::Serialize,
-) -> Result<()> {
-    let mut line = serde_json::to_vec(message)?;
-    line.push(b'\n');
-    write.write_all(&line).await.context("sending")?;
-    write.flush().await.context("sending")
-}
-
-/// One line, at most [`MAX_LINE`] bytes; `None` at EOF.
-pub(super) async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
-    reader: &mut R,
-) -> Result<Option<String>> {
-    let mut buf = Vec::new();
-    let n = (&mut *reader)
-        .take(MAX_LINE as u64 + 1)
-        .read_until(b'\n', &mut buf)
-        .await?;
-    if n == 0 {
-        return Ok(None);
-    }
-    if buf.last() != Some(&b'\n') {
-        anyhow::bail!("line longer than {MAX_LINE} bytes or cut short");
-    }
-    buf.pop();
-    Ok(Some(String::from_utf8(buf).context("not UTF-8")?))
 }
