@@ -653,3 +653,59 @@ fn a_newer_build_swaps_its_program_in_place() {
     assert_eq!(again.matches("already attached").count(), 2, "{again}");
     assert_eq!(points(&mesh), after, "the same build changes nothing");
 }
+
+/// An agent in a container records the sandbox under its own bind of the
+/// exec root, a path the host does not have. The host finds that namespace by
+/// its identity among its namespace binds: `status` says attached and names
+/// both paths, and the host's `attach` leaves the point alone instead of
+/// taking it for a stale slot and re-attaching (which would open a window).
+#[test]
+fn a_sandbox_recorded_under_a_container_path_is_found_on_the_host() {
+    let mesh = Mesh::new("c");
+    let view = support::pki::TempDir::new("cview");
+    let recorded = view.path.join("netns").join("ingress_sbox");
+    // The container's view: a private mount namespace in which the sandbox
+    // is bound at a path that exists nowhere else.
+    mesh.node.exec(&format!(
+        "unshare --mount --propagation private sh -c \"mount -t tmpfs view {v} && mkdir {v}/netns && \
+         touch {r} && mount --bind {sbox} {r} && {bin} --pin-dir {pins} attach --iface n0 --sbox-netns {r}\"",
+        v = view.path.display(),
+        r = recorded.display(),
+        sbox = mesh.sbox.path().display(),
+        bin = support::bin(),
+        pins = mesh.pins.dir().display(),
+    ));
+    assert!(
+        !recorded.exists(),
+        "the recorded path is the container's alone"
+    );
+    mesh.cli_ok(&format!("block {BLOCKED}"));
+
+    let status: serde_json::Value = serde_json::from_str(&mesh.cli_ok("status --json")).unwrap();
+    let sbox = status["attach_points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["point"]["iface"] == "eth1")
+        .cloned()
+        .unwrap_or_else(|| panic!("no sandbox point: {status}"));
+    assert_eq!(sbox["point"]["netns"], recorded.display().to_string());
+    // The mount table names the bind with symlinks resolved (/run/netns).
+    let host_path = std::fs::canonicalize(mesh.sbox.path()).unwrap();
+    assert_eq!(sbox["netns_here"], host_path.display().to_string());
+    assert_eq!(sbox["presence"], "attached", "{status}");
+    let shown = mesh.cli_ok("status");
+    assert!(
+        shown.contains(&format!("(recorded as {})", recorded.display())),
+        "{shown}"
+    );
+
+    let before = points(&mesh);
+    let again = mesh.attach("");
+    assert_eq!(again.matches("already attached").count(), 2, "{again}");
+    assert_eq!(points(&mesh), before, "nothing re-attached");
+    dropped(
+        "blocked through the container's attach",
+        mesh.remote_tcp(BLOCKED),
+    );
+}

@@ -5,7 +5,8 @@
 //! * `the_stack_puts_an_agent_on_every_node`: the stack file as shipped,
 //!   its paths pointed at each test node through its variables and Swarm's
 //!   `{{.Node.Hostname}}` template. An agent task runs on every node and
-//!   turns healthy (the image's `health` healthcheck), and each node blocks
+//!   turns healthy (the image's `health` healthcheck), the host's `status`
+//!   finds every point the containers attached, and each node blocks
 //!   by the label policy: a service that only managers may serve is blocked
 //!   on the worker (its agent follows the managers' policy feed) and open on
 //!   the manager. Then a rolling update to a new image tag: while it runs, a
@@ -215,6 +216,35 @@ fn the_stack_puts_an_agent_on_every_node() {
             s.contains("(healthy)").then_some(s)
         });
         report(format!("stack: {}: {}", d.hostname(), status.trim()));
+    }
+    // The host reads what the agents in containers recorded: every point is
+    // attached, the sandbox's namespace found under the host's own path.
+    for (d, dir) in nodes.iter().zip(&pin_dirs) {
+        let status: serde_json::Value = serde_json::from_str(&support::sh(&format!(
+            "{} --pin-dir {} status --json",
+            support::bin(),
+            dir.display()
+        )))
+        .unwrap();
+        let points = status["attach_points"].as_array().unwrap();
+        assert_eq!(points.len(), 2, "{}: {status}", d.hostname());
+        for p in points {
+            assert_eq!(p["presence"], "attached", "{}: {status}", d.hostname());
+        }
+        let sbox = points.iter().find(|p| !p["point"]["netns"].is_null());
+        let here = sbox
+            .and_then(|p| p["netns_here"].as_str())
+            .unwrap_or_default();
+        assert!(
+            here.starts_with(
+                &fs::canonicalize(d.exec_root())
+                    .unwrap()
+                    .display()
+                    .to_string()
+            ),
+            "{}: the sandbox under the host's exec root: {status}",
+            d.hostname()
+        );
     }
     assert!(
         !blocked(&mpins),

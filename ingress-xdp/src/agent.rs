@@ -27,6 +27,7 @@ use crate::{
     },
     health::{self, Heartbeat},
     model::{NodeInfo, ServiceInfo},
+    mountinfo,
     pins::Pins,
     policy::{self, PolicySettings},
     preflight,
@@ -186,7 +187,7 @@ impl Agent {
         else {
             return;
         };
-        let problem = preflight::netns_mount_problem(&preflight::read_mountinfo(), &dir);
+        let problem = preflight::netns_mount_problem(&mountinfo::read(), &dir);
         self.set_problem("netns-mount", problem);
     }
 

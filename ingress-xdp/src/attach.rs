@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     bpf,
     fixed::{from_fixed, to_fixed},
+    mountinfo,
     pins::{self, MAP_ATTACH_INFO, MAP_ATTACH_STATS, PROG_TC, PROG_XDP, Pins},
     rules::open_map_at,
     sys::{self, NetnsId},
@@ -119,6 +120,29 @@ impl AttachPoint {
         }
     }
 
+    /// Where this point's namespace can be entered from this process.
+    ///
+    /// The recorded path names it when this process sees the files the loader
+    /// saw. An agent in a container records its own view of the exec root
+    /// (/var/run/docker/netns/ingress_sbox for the host's
+    /// /run/docker-b/netns/ingress_sbox, say), so otherwise the namespace is
+    /// found by its identity: this process's own, or a namespace bind in the
+    /// mount table (Docker binds every sandbox in the host's mount namespace).
+    pub fn netns_here(&self) -> NetnsHere {
+        if let Some(recorded) = self.netns.as_deref().map(Path::new)
+            && NetnsId::of_path(recorded).ok() == Some(self.netns_id)
+        {
+            return NetnsHere::At(recorded.to_path_buf());
+        }
+        if NetnsId::current().ok() == Some(self.netns_id) {
+            return NetnsHere::Current;
+        }
+        mountinfo::netns_paths(&mountinfo::read(), self.netns_id.ino)
+            .into_iter()
+            .find(|p| NetnsId::of_path(p).ok() == Some(self.netns_id))
+            .map_or(NetnsHere::NotVisible, NetnsHere::At)
+    }
+
     /// Whether the interface this point was attached to still exists, in the
     /// same namespace (Docker recreates ingress_sbox under the same path).
     /// The pinned link must still hold an interface too: a namespace Docker
@@ -127,21 +151,14 @@ impl AttachPoint {
         if sys::link_detached(&self.link_pin) {
             return Presence::Gone;
         }
-        let netns = self.netns.as_deref().map(Path::new);
-        let same_ns = match netns {
-            Some(ns) => NetnsId::of_path(ns).ok() == Some(self.netns_id),
-            None => NetnsId::current().ok() == Some(self.netns_id),
+        let netns = match self.netns_here() {
+            NetnsHere::Current => None,
+            NetnsHere::At(path) => Some(path),
+            // The link still holds an interface, so the namespace lives; a
+            // process holds it without a bind this process can see.
+            NetnsHere::NotVisible => return Presence::Unknown,
         };
-        if !same_ns {
-            // A recreated namespace file means the old one is gone; an attach
-            // made from another namespace cannot be checked from here.
-            return if netns.is_some() {
-                Presence::Gone
-            } else {
-                Presence::Unknown
-            };
-        }
-        let found = sys::in_netns(netns, || {
+        let found = sys::in_netns(netns.as_deref(), || {
             Ok(sys::ifindex(&self.iface).ok() == Some(self.ifindex))
         })
         .unwrap_or(false);
@@ -157,6 +174,17 @@ impl AttachPoint {
     }
 }
 
+/// Where an attach point's network namespace is, seen from this process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetnsHere {
+    /// The namespace this process runs in.
+    Current,
+    /// A file that opens it (the recorded path, or another bind of it).
+    At(PathBuf),
+    /// Alive (its link holds an interface) but not bound where we can see.
+    NotVisible,
+}
+
 /// What `status` can tell about an attach point's interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -164,7 +192,7 @@ pub enum Presence {
     Attached,
     /// The interface or its namespace no longer exists.
     Gone,
-    /// Attached from another network namespace than this process's.
+    /// Its namespace cannot be entered from here (no bind of it is visible).
     Unknown,
 }
 
@@ -173,7 +201,7 @@ impl fmt::Display for Presence {
         f.write_str(match self {
             Presence::Attached => "attached",
             Presence::Gone => "interface gone",
-            Presence::Unknown => "in another netns",
+            Presence::Unknown => "netns not visible here",
         })
     }
 }

@@ -18,6 +18,7 @@ pub mod feed;
 pub mod fixed;
 pub mod health;
 pub mod model;
+pub mod mountinfo;
 pub mod pins;
 pub mod policy;
 pub mod preflight;

@@ -19,64 +19,24 @@ use std::{
     path::{Path, PathBuf},
 };
 
-/// How a mount point propagates mounts made beneath it elsewhere.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Propagation {
-    /// `shared:N`: mounts propagate both ways.
-    Shared,
-    /// `master:N` (rslave): receives the host's new mounts.
-    Slave,
-    /// Neither: nothing made after the bind shows up here.
-    Private,
-}
+use crate::mountinfo::Mount;
+pub use crate::mountinfo::Propagation;
 
-/// The propagation of the mount point exactly at `path`, from
-/// /proc/self/mountinfo text; `None` when `path` is not a mount point (then
-/// it is the host's own directory, and nothing is missed).
-pub fn mount_propagation(mountinfo: &str, path: &Path) -> Option<Propagation> {
+/// The propagation of the mount point exactly at `path`; `None` when `path`
+/// is not a mount point (then it is the host's own directory, and nothing is
+/// missed).
+pub fn mount_propagation(mounts: &[Mount], path: &Path) -> Option<Propagation> {
     // Later lines mount over earlier ones: the last match is what we see.
-    mountinfo.lines().rev().find_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let mount_point = unescape(fields.get(4)?);
-        if Path::new(&mount_point) != path {
-            return None;
-        }
-        let optional = fields[6..].iter().take_while(|f| **f != "-");
-        let mut propagation = Propagation::Private;
-        for tag in optional {
-            if tag.starts_with("shared:") {
-                propagation = Propagation::Shared;
-            } else if tag.starts_with("master:") && propagation != Propagation::Shared {
-                propagation = Propagation::Slave;
-            }
-        }
-        Some(propagation)
-    })
-}
-
-/// mountinfo escapes space, tab, newline and backslash as octal.
-fn unescape(field: &str) -> String {
-    let mut out = String::new();
-    let mut chars = field.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            let digits: String = chars.by_ref().take(3).collect();
-            if let Ok(byte) = u8::from_str_radix(&digits, 8) {
-                out.push(byte as char);
-                continue;
-            }
-            out.push(c);
-            out.push_str(&digits);
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == path)
+        .map(|m| m.propagation)
 }
 
 /// A private bind of the netns directory, if that is what `netns_dir` is.
-pub fn netns_mount_problem(mountinfo: &str, netns_dir: &Path) -> Option<String> {
-    (mount_propagation(mountinfo, netns_dir) == Some(Propagation::Private)).then(|| {
+pub fn netns_mount_problem(mounts: &[Mount], netns_dir: &Path) -> Option<String> {
+    (mount_propagation(mounts, netns_dir) == Some(Propagation::Private)).then(|| {
         format!(
             "{} is a private mount here: network namespaces Docker creates after this agent \
              started (a recreated ingress_sbox) stay invisible. Bind it with propagation rslave \
@@ -108,10 +68,6 @@ pub fn sbox_missing_problem(path: &Path) -> String {
          /var/run/docker/netns) at the same path, with propagation rslave",
         path.display()
     )
-}
-
-pub fn read_mountinfo() -> String {
-    fs::read_to_string("/proc/self/mountinfo").unwrap_or_default()
 }
 
 /// The netns directory that holds `sbox` (e.g. /var/run/docker/netns), with
@@ -159,6 +115,7 @@ pub fn local_addrs() -> Vec<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mountinfo;
 
     const MOUNTINFO: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -171,7 +128,8 @@ mod tests {
 
     #[test]
     fn propagation_of_a_mount_point() {
-        let at = |p: &str| mount_propagation(MOUNTINFO, Path::new(p));
+        let mounts = mountinfo::parse(MOUNTINFO);
+        let at = |p: &str| mount_propagation(&mounts, Path::new(p));
         assert_eq!(at("/var/run/docker/netns"), Some(Propagation::Slave));
         assert_eq!(at("/run"), Some(Propagation::Shared));
         assert_eq!(at("/srv/private dir"), Some(Propagation::Private));
@@ -179,7 +137,7 @@ mod tests {
         assert_eq!(at("/run/docker"), None, "not a mount point");
         let over = format!("{MOUNTINFO}60 50 0:33 / /var/run/docker/netns rw - tmpfs t rw\n");
         assert_eq!(
-            mount_propagation(&over, Path::new("/var/run/docker/netns")),
+            mount_propagation(&mountinfo::parse(&over), Path::new("/var/run/docker/netns")),
             Some(Propagation::Private),
             "the last mount on a path is the one seen"
         );
@@ -188,13 +146,15 @@ mod tests {
     #[test]
     fn problems_name_the_fix() {
         let private = format!("{MOUNTINFO}60 22 0:33 / /mnt/netns rw - tmpfs t rw\n");
-        let msg = netns_mount_problem(&private, Path::new("/mnt/netns")).unwrap();
+        let msg =
+            netns_mount_problem(&mountinfo::parse(&private), Path::new("/mnt/netns")).unwrap();
         assert!(
             msg.contains("rslave") && msg.contains("--make-shared /mnt/netns"),
             "{msg}"
         );
-        assert!(netns_mount_problem(MOUNTINFO, Path::new("/var/run/docker/netns")).is_none());
-        assert!(netns_mount_problem(MOUNTINFO, Path::new("/not/a/mount")).is_none());
+        let mounts = mountinfo::parse(MOUNTINFO);
+        assert!(netns_mount_problem(&mounts, Path::new("/var/run/docker/netns")).is_none());
+        assert!(netns_mount_problem(&mounts, Path::new("/not/a/mount")).is_none());
 
         let node: IpAddr = "10.0.0.5".parse().unwrap();
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
