@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
+#[path = "../ingress-xdp/build_ebpf.rs"]
+mod build_ebpf;
+
 fn main() -> anyhow::Result<()> {
     build_reference_programs()?;
     name_the_agent_binary()
@@ -13,28 +16,10 @@ fn main() -> anyhow::Result<()> {
 
 fn build_reference_programs() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
-    let ebpf_dir = Path::new(&manifest_dir).join("ebpf");
-    let ebpf_dir = ebpf_dir
-        .canonicalize()
-        .with_context(|| format!("eBPF crate at {}", ebpf_dir.display()))?;
-    let root_dir = ebpf_dir
-        .to_str()
-        .context("non-UTF-8 path to the eBPF crate")?;
-    let has_linker = std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| dir.join("bpf-linker").is_file())
-    });
-    if !has_linker {
-        anyhow::bail!(
-            "bpf-linker is not installed: run `cargo xtask setup` (it builds bpf-linker against the nightly toolchain's LLVM)"
-        );
-    }
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "ingress-xdp-bench-ebpf",
-            root_dir,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::Nightly,
+    build_ebpf::build(
+        "ingress-xdp-bench-ebpf",
+        "ingress-xdp-bench-progs",
+        &Path::new(&manifest_dir).join("ebpf"),
     )
 }
 
