@@ -265,6 +265,36 @@ fn the_stack_puts_an_agent_on_every_node() {
         "{logs}"
     );
 
+    // Each node serves its metrics on its own address (the stack's default);
+    // the worker's say it follows the feed.
+    for d in nodes {
+        let metrics =
+            wait_for(
+                "the agent's metrics endpoint",
+                CONVERGE,
+                || match docker::http_get_path(
+                    &d.netns_path(),
+                    d.at(9464),
+                    "/metrics",
+                    traffic::PATIENCE,
+                ) {
+                    Reach::Served(body) => Some(body),
+                    _ => None,
+                },
+            );
+        assert!(metrics.contains("ingress_xdp_build_info"), "{metrics}");
+        let mode = if d.hostname() == w.hostname() {
+            "feed"
+        } else {
+            "manager"
+        };
+        assert!(
+            metrics.contains(&format!("ingress_xdp_source_mode{{mode=\"{mode}\"}} 1")),
+            "{}: {metrics}",
+            d.hostname()
+        );
+    }
+
     // Traffic to the blocked port on the worker, through the mesh stand-ins.
     m.wait_running(&mgr_only.name);
     let task = w.task_ingress_addr(&mgr_only.name);

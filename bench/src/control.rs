@@ -299,6 +299,7 @@ fn full_syncs(d: &Dockerd, settings: ControlSettings, results: &mut ControlResul
             // The bench measures one manager; the policy feed has its own test.
             feed: None,
             run_dir: None,
+            metrics: None,
         });
         let t = Instant::now();
         runtime

@@ -26,6 +26,7 @@ use crate::{
         server::{Hub, ServerSettings, Snapshot},
     },
     health::{self, Heartbeat},
+    metrics::{self, AgentMetrics, SourceLabel},
     model::{NodeInfo, ServiceInfo},
     mountinfo,
     pins::Pins,
@@ -61,6 +62,15 @@ pub struct AgentConfig {
     pub feed: Option<FeedSettings>,
     /// Where the heartbeat for `health` goes; None: none is written.
     pub run_dir: Option<PathBuf>,
+    /// The Prometheus endpoint; None: off.
+    pub metrics: Option<MetricsSettings>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MetricsSettings {
+    pub addr: SocketAddr,
+    /// Per-rule series beyond this are summed under port="other".
+    pub max_rule_series: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -135,6 +145,12 @@ pub struct Agent {
     host_checked: bool,
     /// Deployment problems by kind, while they stand.
     problems: BTreeMap<&'static str, String>,
+    metrics: AgentMetrics,
+    /// The first Docker event or feed update not yet applied to the maps.
+    unapplied_since: Option<Instant>,
+    /// A sandbox was attached by this process before (later ones are
+    /// re-attaches).
+    sbox_attached_once: bool,
 }
 
 impl Agent {
@@ -157,6 +173,9 @@ impl Agent {
             first_ok: None,
             host_checked: false,
             problems: BTreeMap::new(),
+            metrics: AgentMetrics::default(),
+            unapplied_since: None,
+            sbox_attached_once: false,
         }
     }
 
@@ -284,6 +303,10 @@ impl Agent {
         // attach() replaces; other stale points go once the new one is in.
         match self.attach_sbox(&path) {
             Ok(report) => {
+                if !report.already && self.sbox_attached_once {
+                    self.metrics.sbox_reattached();
+                }
+                self.sbox_attached_once = true;
                 self.sbox = Some(id);
                 self.sbox_point = Some(report.point.id);
                 self.sbox_pending = None;
@@ -373,6 +396,11 @@ impl Agent {
     }
 
     fn set_mode(&mut self, mode: SourceMode) {
+        self.metrics.set_source(match mode {
+            SourceMode::Manager => SourceLabel::Manager,
+            SourceMode::Feed(_) => SourceLabel::Feed,
+            SourceMode::LocalFallback => SourceLabel::LocalFallback,
+        });
         if self.mode == Some(mode) {
             return;
         }
@@ -460,6 +488,7 @@ impl Agent {
                 listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, feed.port)),
                 certs_dir: feed.certs_dir,
                 policy,
+                stats: self.metrics.feed.clone(),
             })
         });
         match docker::nodes(local).await {
@@ -537,17 +566,20 @@ impl Agent {
         Ok(wanted)
     }
 
-    /// One full pass: read Docker (or the feed), evaluate, apply the difference.
-    pub async fn sync(&mut self) -> Result<()> {
+    /// One full pass: read Docker (or the feed), evaluate, apply the
+    /// difference. Returns how many ports changed.
+    pub async fn sync(&mut self) -> Result<usize> {
         let wanted = self.wanted().await?;
         self.apply(&wanted)
     }
 
-    fn apply(&self, wanted: &BTreeMap<PortKey, DockerRule>) -> Result<()> {
+    fn apply(&self, wanted: &BTreeMap<PortKey, DockerRule>) -> Result<usize> {
         let _lock = self.cfg.pins.lock()?;
         let mut table = RuleTable::open(&self.cfg.pins)?;
         let current = table.docker_rules()?;
-        for change in plan(&current, wanted) {
+        let changes = plan(&current, wanted);
+        let changed = changes.len();
+        for change in changes {
             match change {
                 Change::Block {
                     key: (proto, port),
@@ -573,7 +605,8 @@ impl Agent {
                 }
             }
         }
-        table.normalize()
+        table.normalize()?;
+        Ok(changed)
     }
 
     fn docker_failed(&mut self, err: &anyhow::Error) {
@@ -612,6 +645,16 @@ impl Agent {
     /// Runs until `shutdown` resolves. Returns only on shutdown or a fatal
     /// start-up error; the pinned state stays either way.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+        let _metrics = match &self.cfg.metrics {
+            Some(m) => Some(AbortOnDrop(
+                metrics::http::serve(
+                    m.addr,
+                    metrics::registry(&self.cfg.pins, m.max_rule_series, Some(&self.metrics)),
+                )
+                .await?,
+            )),
+            None => None,
+        };
         self.attach_host()?;
         self.preflight();
         self.watch_sbox();
@@ -629,8 +672,14 @@ impl Agent {
         loop {
             if dirty && Instant::now() >= retry_at {
                 match self.sync().await {
-                    Ok(()) => {
+                    Ok(changed) => {
                         self.docker_ok();
+                        self.metrics.sync_ok(sys::now_secs_f64());
+                        if let Some(since) = self.unapplied_since.take()
+                            && changed > 0
+                        {
+                            self.metrics.event_applied(since.elapsed().as_secs_f64());
+                        }
                         self.last_sync_ok = Some(sys::now_secs());
                         self.first_ok.get_or_insert_with(Instant::now);
                         self.check_host_network().await;
@@ -649,6 +698,7 @@ impl Agent {
                         }
                     }
                     Err(e) => {
+                        self.metrics.sync_failed();
                         self.docker_failed(&e);
                         events = None;
                         retry_at = Instant::now() + backoff;
@@ -667,7 +717,10 @@ impl Agent {
                 _ = beat_tick.tick() => self.beat(),
                 _ = fallback_tick.tick(), if self.mode == Some(SourceMode::LocalFallback) => dirty = true,
                 event = next_event(&mut events) => match event {
-                    Some(Ok(_)) => dirty = true,
+                    Some(Ok(_)) => {
+                        self.unapplied_since.get_or_insert_with(Instant::now);
+                        dirty = true;
+                    }
                     Some(Err(e)) => {
                         tracing::debug!("event stream ended: {e}");
                         events = None;
@@ -682,11 +735,21 @@ impl Agent {
                     if !changed {
                         feed_state = None;
                     }
+                    self.unapplied_since.get_or_insert_with(Instant::now);
                     dirty = true;
                 }
                 () = tokio::time::sleep(retry_in), if dirty => {}
             }
         }
+    }
+}
+
+/// Ends the metrics endpoint with the agent.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

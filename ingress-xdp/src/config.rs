@@ -17,6 +17,8 @@
 //! feed-port = 7949                     # the policy feed (managers serve, workers follow)
 //! no-feed = false
 //! docker-data-root = "/var/lib/docker" # holds swarm/certificates
+//! metrics-addr = "127.0.0.1:9464"      # Prometheus endpoint (off when absent)
+//! metrics-max-rules = 500              # per-rule series; the rest sum to port="other"
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +51,8 @@ pub struct FileConfig {
     pub feed_port: Option<u16>,
     pub no_feed: Option<bool>,
     pub docker_data_root: Option<PathBuf>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_max_rules: Option<usize>,
 }
 
 impl FileConfig {

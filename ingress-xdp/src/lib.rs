@@ -17,6 +17,7 @@ pub mod docker;
 pub mod feed;
 pub mod fixed;
 pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod mountinfo;
 pub mod pins;

@@ -213,6 +213,14 @@ pub fn create_pin_dir(dir: &Path) -> Result<()> {
 }
 
 /// Seconds since the Unix epoch.
+/// Seconds since the Unix epoch, with the fraction (for metrics).
+pub fn now_secs_f64() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -15,6 +15,7 @@ pub mod agent;
 pub mod docker;
 pub mod old_release;
 pub mod pki;
+pub mod prometheus;
 pub mod reference;
 pub mod traffic;
 

@@ -72,6 +72,7 @@ const TEST_PACKAGES: &[&str] = &[
     "socat",          // the test image's UDP responder
     "openssl",        // certificates for the TLS manager and feed clients (agent_tls, feed)
     "systemd",        // systemd-analyze verify/security of deploy/ingress-xdp.service
+    "prometheus",     // a real Prometheus scraping the agent, and promtool (tests/metrics.rs)
 ];
 
 fn main() -> Result<()> {
@@ -335,7 +336,9 @@ fn test(args: Vec<String>) -> Result<()> {
         eprintln!("test: the engine tests again with {}", dockerd.display());
         status(
             cargo()
-                .args(["test", "--package", "ingress-xdp"])
+                // The same package set as the run above (no --package), so
+                // features unify alike and nothing is rebuilt.
+                .arg("test")
                 .args(ENGINE_TESTS.iter().flat_map(|t| ["--test", t]))
                 .env("IXT_DOCKERD", &dockerd),
         )?;

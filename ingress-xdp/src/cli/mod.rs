@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
 mod health;
+mod metrics;
 mod rules;
 mod run;
 mod stats;
@@ -25,7 +26,7 @@ use status::cmd_status;
 use targets::{cmd_attach, cmd_detach};
 
 use crate::{
-    agent::{Agent, AgentConfig, FeedSettings},
+    agent::{Agent, AgentConfig, FeedSettings, MetricsSettings},
     attach::{self, AttachPoint, Hook, PointCounters, Presence, Registry, Target, XdpModeChoice},
     cidr::Cidr,
     config::FileConfig,
@@ -156,6 +157,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the Prometheus metrics of the pinned state once: per rule, per
+    /// attach point and map pressure (the series `run --metrics-addr`
+    /// serves, without the agent's own).
+    ///
+    /// For node_exporter's textfile collector on hosts that run only the CLI:
+    ///   ingress-xdp metrics --output /var/lib/node_exporter/ingress-xdp.prom
+    /// (written to a temporary file and renamed, so a scrape never reads half).
+    #[command(verbatim_doc_comment)]
+    Metrics {
+        /// Write to FILE (atomically) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// At most this many per-rule series; the remaining rules are summed
+        /// under port="other".
+        #[arg(long, value_name = "N", default_value_t = crate::metrics::pinned::DEFAULT_MAX_RULE_SERIES)]
+        max_rules: usize,
+    },
 }
 
 /// Where to attach: shared by `attach` and `run`.
@@ -214,6 +232,9 @@ pub fn run(cli: Cli) -> Result<()> {
             max_age,
             json,
         } => health::cmd_health(&pins, &run_dir, max_age, json),
+        Command::Metrics { output, max_rules } => {
+            metrics::cmd_metrics(&pins, output.as_deref(), max_rules)
+        }
     }
 }
 

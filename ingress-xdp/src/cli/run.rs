@@ -45,6 +45,15 @@ pub struct RunArgs {
     /// (swarm/certificates) for the policy feed. [default: /var/lib/docker]
     #[arg(long, env = "INGRESS_XDP_DOCKER_DATA_ROOT", value_name = "DIR")]
     pub docker_data_root: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics: per rule, per attach
+    /// point, map pressure and the agent's own state (e.g. 127.0.0.1:9464,
+    /// or the node's address for a Prometheus elsewhere). Off by default.
+    #[arg(long, env = "INGRESS_XDP_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// At most this many per-rule series; the remaining rules are summed per
+    /// protocol, mode and origin under port="other". [default: 500]
+    #[arg(long, value_name = "N")]
+    pub metrics_max_rules: Option<usize>,
     /// Where to write the heartbeat that `health` reads.
     #[arg(long, env = "INGRESS_XDP_RUN_DIR", value_name = "DIR", default_value = DEFAULT_RUN_DIR)]
     pub run_dir: PathBuf,
@@ -117,6 +126,16 @@ pub fn agent_settings(args: &RunArgs, file: &FileConfig, pins: Pins) -> AgentSet
                     .join("swarm/certificates"),
             }),
             run_dir: Some(args.run_dir.clone()),
+            metrics: args
+                .metrics_addr
+                .or(file.metrics_addr)
+                .map(|addr| MetricsSettings {
+                    addr,
+                    max_rule_series: args
+                        .metrics_max_rules
+                        .or(file.metrics_max_rules)
+                        .unwrap_or(crate::metrics::pinned::DEFAULT_MAX_RULE_SERIES),
+                }),
         },
     }
 }

@@ -47,13 +47,35 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub certs_dir: PathBuf,
     pub policy: PolicySettings,
+    /// Kept by the agent across servers (a node demoted and promoted again).
+    pub stats: Arc<Stats>,
 }
 
-/// Counts since start, for logs and metrics.
+/// Counts since the agent started, for logs and metrics.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Connections authorized and served.
     pub served: AtomicU64,
     pub refused: AtomicU64,
+    /// Workers being served now.
+    pub connected: AtomicU64,
+}
+
+/// One served connection in [`Stats::connected`] while it lives.
+struct Connected(Arc<Stats>);
+
+impl Connected {
+    fn new(stats: &Arc<Stats>) -> Self {
+        stats.served.fetch_add(1, Ordering::Relaxed);
+        stats.connected.fetch_add(1, Ordering::Relaxed);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The agent's handle: publish snapshots; the server runs until dropped.
@@ -74,7 +96,7 @@ impl Hub {
     /// certificates are unavailable).
     pub fn start(settings: ServerSettings) -> Self {
         let (tx, rx) = watch::channel(None);
-        let stats = Arc::new(Stats::default());
+        let stats = settings.stats.clone();
         let task = tokio::spawn(serve(settings, rx, stats.clone()));
         Self { tx, stats, task }
     }
@@ -239,7 +261,7 @@ impl Connection {
                 return self.refuse(&mut write, reason).await;
             }
         };
-        self.stats.served.fetch_add(1, Ordering::Relaxed);
+        let _connected = Connected::new(&self.stats);
         tracing::info!("policy feed: serving {identity} at {}", self.peer);
         let result = self.push(&request.node, &mut lines, &mut write).await;
         tracing::info!(
