@@ -709,3 +709,43 @@ fn a_sandbox_recorded_under_a_container_path_is_found_on_the_host() {
         mesh.remote_tcp(BLOCKED),
     );
 }
+
+/// `stats --watch` redraws one table in place on a terminal (cursor home,
+/// each line cleared to its end, the rest of the screen cleared), and prints
+/// plain dated tables when piped.
+#[test]
+fn stats_watch_redraws_on_a_terminal_and_prints_plain_when_piped() {
+    let mesh = Mesh::new("w");
+    mesh.attach("");
+    mesh.cli_ok(&format!("block {BLOCKED}"));
+    let cmd = format!(
+        "{} --pin-dir {} stats --watch 1",
+        support::bin(),
+        mesh.pins.dir().display()
+    );
+    let piped = mesh.node.exec_out(&format!("timeout 2.5 {cmd}"));
+    let piped = String::from_utf8_lossy(&piped.stdout);
+    assert!(
+        piped.matches("\n# ").count() + usize::from(piped.starts_with("# ")) >= 2,
+        "{piped}"
+    );
+    assert!(
+        !piped.contains('\x1b'),
+        "no escape codes when piped: {piped:?}"
+    );
+    assert!(piped.contains(&format!("{BLOCKED}")), "{piped}");
+
+    let tty = mesh
+        .node
+        .exec_out(&format!("timeout 2.5 script -qec '{cmd}' /dev/null"));
+    let tty = String::from_utf8_lossy(&tty.stdout);
+    assert!(
+        tty.matches("\x1b[H").count() >= 2,
+        "redrawn in place: {tty:?}"
+    );
+    assert!(
+        tty.contains("\x1b[K\r\n") || tty.contains("\x1b[K\n"),
+        "{tty:?}"
+    );
+    assert!(!tty.contains("\n# "), "no piped headers on a terminal");
+}

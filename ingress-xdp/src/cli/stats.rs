@@ -96,6 +96,10 @@ pub(super) fn cmd_stats(pins: &Pins, json: bool, watch: Option<u64>) -> Result<(
         return Ok(());
     };
     let interval = Duration::from_secs(interval.max(1));
+    let terminal = !json && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if terminal {
+        print!("\x1b[2J");
+    }
     let mut prev: Option<(StatsDoc, std::time::Instant)> = None;
     loop {
         // A migration or purge replaces the maps: follow it.
@@ -110,8 +114,19 @@ pub(super) fn cmd_stats(pins: &Pins, json: bool, watch: Option<u64>) -> Result<(
             let rates = prev
                 .as_ref()
                 .map(|(d, t)| (d, now.duration_since(*t).as_secs_f64().max(0.001)));
-            print!("\x1b[2J\x1b[H{}", render_stats(&doc, rates));
-            std::io::stdout().flush()?;
+            let table = render_stats(&doc, rates);
+            let mut out = std::io::stdout().lock();
+            if terminal {
+                // Home, the new table, then clear what the old one left
+                // below: redrawn in place, without the flash of a full clear.
+                write!(out, "\x1b[H{}", table.replace('\n', "\x1b[K\n"))?;
+                write!(out, "\x1b[J")?;
+            } else {
+                // Piped: plain tables, one per refresh, each dated.
+                writeln!(out, "# {}", sys::now_secs())?;
+                writeln!(out, "{table}")?;
+            }
+            out.flush()?;
         }
         prev = Some((doc, now));
         std::thread::sleep(interval);
