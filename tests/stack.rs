@@ -9,7 +9,8 @@
 //!   finds every point the containers attached, and each node blocks
 //!   by the label policy: a service that only managers may serve is blocked
 //!   on the worker (its agent follows the managers' policy feed) and open on
-//!   the manager. Then a rolling update to a new image tag: while it runs, a
+//!   the manager; deploy/prometheus.yml discovers and scrapes every node's
+//!   agent. Then a rolling update to a new image tag: while it runs, a
 //!   client probes the blocked port on the worker through the mesh stand-ins
 //!   every few milliseconds and not one connection gets through, and the
 //!   rule never leaves the worker's map. `docker stack rm` ends the agents
@@ -37,6 +38,7 @@ use support::{
     agent::rules,
     docker::{self, Dockerd, Proto, Publish, ServiceSpec, Swarm},
     pki::TempDir,
+    prometheus::Prometheus,
     traffic::{self, Reach},
 };
 
@@ -50,6 +52,7 @@ const ARCHIVE: &str = concat!(
     ".tar"
 );
 const IMAGE: &str = concat!("ingress-xdp:", env!("CARGO_PKG_VERSION"));
+const PROMETHEUS_CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/prometheus.yml");
 
 fn report(msg: impl AsRef<str>) {
     eprintln!("REPORT {}", msg.as_ref());
@@ -294,6 +297,52 @@ fn the_stack_puts_an_agent_on_every_node() {
             d.hostname()
         );
     }
+
+    // deploy/prometheus.yml, pointed at the manager: Swarm service discovery
+    // finds the agent on every node, and each scrape succeeds.
+    let scrape = fs::read_to_string(PROMETHEUS_CONFIG)
+        .unwrap()
+        .replace(
+            "unix:///var/run/docker.sock",
+            &format!("unix://{}", m.socket().display()),
+        )
+        .replace("refresh_interval: 30s", "refresh_interval: 1s");
+    let prom = Prometheus::with_scrape_configs(&m.netns_path(), 19091, &scrape);
+    let mut last = serde_json::Value::Null;
+    let up = wait_for(
+        "Prometheus to discover and scrape an agent on every node",
+        CONVERGE,
+        || {
+            let now = prom.api("/api/v1/targets");
+            if now["data"] != last["data"] {
+                // What discovery found so far, for a failure's log.
+                eprintln!("prometheus targets: {}", now["data"]);
+                last = now;
+            }
+            let active = last["data"]["activeTargets"].as_array()?.clone();
+            (active.len() == 2 && active.iter().all(|t| t["health"] == "up"))
+                .then(|| serde_json::to_string(&active).unwrap())
+        },
+    );
+    let up: Vec<serde_json::Value> = serde_json::from_str(&up).unwrap();
+    let mut instances: Vec<String> = up
+        .iter()
+        .map(|t| {
+            t["labels"]["instance"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    instances.sort();
+    let mut hostnames = vec![m.hostname().to_string(), w.hostname().to_string()];
+    hostnames.sort();
+    assert_eq!(instances, hostnames, "{up:?}");
+    report(format!(
+        "stack: Prometheus found and scraped {} agents through dockerswarm_sd_configs",
+        up.len()
+    ));
+    drop(prom);
 
     // Traffic to the blocked port on the worker, through the mesh stand-ins.
     m.wait_running(&mgr_only.name);

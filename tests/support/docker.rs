@@ -515,7 +515,8 @@ fn spawn_tied_to_process(mut cmd: Command) -> io::Result<Child> {
 // ---------------------------------------------------------------------------
 // HTTP over the daemon's unix socket.
 
-fn percent_encode(s: &str) -> String {
+/// Percent-encoding of a query-string value (RFC 3986 unreserved kept).
+pub fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

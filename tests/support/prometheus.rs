@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    docker::http_get_path,
+    docker::{http_get_path, percent_encode},
     pki::TempDir,
     traffic::{PATIENCE, Reach},
 };
@@ -28,16 +28,25 @@ impl Prometheus {
     /// (host:port, plain HTTP, /metrics) as job "ingress-xdp"; waits until
     /// it answers.
     pub fn start(netns: &Path, port: u16, targets: &[SocketAddr]) -> Self {
-        let dir = TempDir::new("prom");
         let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        Self::with_scrape_configs(
+            netns,
+            port,
+            &format!(
+                "scrape_configs:\n  - job_name: ingress-xdp\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+    }
+
+    /// Like [`Prometheus::start`] with `scrape_configs` (YAML with a
+    /// top-level `scrape_configs:`), scraping every second.
+    pub fn with_scrape_configs(netns: &Path, port: u16, scrape_configs: &str) -> Self {
+        let dir = TempDir::new("prom");
         let config = dir.path.join("prometheus.yml");
         fs::write(
             &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: ingress-xdp\n    static_configs:\n      - targets: [{}]\n",
-                targets.join(", ")
-            ),
+            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{scrape_configs}"),
         )
         .unwrap();
         let listen = SocketAddr::from(([127, 0, 0, 1], port));
@@ -93,7 +102,7 @@ impl Prometheus {
     /// An instant query's result vector.
     #[track_caller]
     pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let v = self.api(&format!("/api/v1/query?query={}", url_encode(promql)));
+        let v = self.api(&format!("/api/v1/query?query={}", percent_encode(promql)));
         v["data"]["result"].as_array().cloned().unwrap_or_default()
     }
 
@@ -132,16 +141,4 @@ impl Drop for Prometheus {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Percent-encoding of a query-string value (RFC 3986 unreserved kept).
-pub fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
