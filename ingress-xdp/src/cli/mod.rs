@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+mod doctor;
 mod health;
 mod rules;
 mod run;
@@ -156,6 +157,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check this node: kernel, bpffs, privileges, pin directory, Docker,
+    /// the sandbox, the attach points, ports and the agent. One line per
+    /// check, each with what to do; exits 0 when all is well, 1 on
+    /// warnings, 2 on failures. Changes nothing.
+    ///
+    /// Examples:
+    ///   ingress-xdp doctor
+    ///   ingress-xdp doctor --json | jq '.checks[] | select(.level != "ok")'
+    ///   ingress-xdp doctor --docker-host unix:///run/docker-b.sock --sbox-netns /run/docker-b/netns/ingress_sbox
+    #[command(verbatim_doc_comment)]
+    Doctor(doctor::DoctorArgs),
 }
 
 /// Where to attach: shared by `attach` and `run`.
@@ -214,6 +226,7 @@ pub fn run(cli: Cli) -> Result<()> {
             max_age,
             json,
         } => health::cmd_health(&pins, &run_dir, max_age, json),
+        Command::Doctor(args) => doctor::cmd_doctor(&pins, &args),
     }
 }
 
