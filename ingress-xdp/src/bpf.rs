@@ -261,8 +261,10 @@ impl Drop for MappedArray {
 
 /// Loads (and at once drops) the smallest XDP program, `return XDP_PASS`:
 /// whether bpf(2) works here for this process at all (kernel support,
-/// privileges, seccomp), asked the way `attach` will ask.
-pub fn probe_xdp_load() -> Result<()> {
+/// privileges, seccomp), asked the way `attach` will ask. Returns whether
+/// the kernel JIT-compiled it (bpf_prog_info.jited_prog_len), which holds
+/// in every network namespace, unlike net.core.bpf_jit_enable.
+pub fn probe_xdp_load() -> Result<bool> {
     const BPF_PROG_TYPE_XDP: u32 = 6;
     // r0 = 2 (XDP_PASS); exit
     let insns: [u8; 16] = [0xb7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
@@ -275,8 +277,16 @@ pub fn probe_xdp_load() -> Result<()> {
     let fd =
         bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD of a 2-instruction XDP program")?;
     // SAFETY: the kernel returned a new fd that we own; closing unloads it.
-    drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-    Ok(())
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_prog_info: type, id, tag[8], jited_prog_len, ...
+    let mut info = [0u8; 64];
+    let mut attr = [0u8; ATTR_LEN];
+    put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
+    put_u32(&mut attr, 4, info.len() as u32);
+    put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .context("BPF_OBJ_GET_INFO_BY_FD on the probe program")?;
+    Ok(u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes")) > 0)
 }
 
 /// Ids of the programs attached to TCX ingress of interface `ifindex` in the

@@ -129,8 +129,9 @@ const NATIVE_XDP_DRIVERS: &[&str] = &[
 pub struct Kernel {
     /// `uname -r`.
     pub release: String,
-    /// Loading a trivial XDP program: Err is the kernel's refusal.
-    pub bpf_load: Result<(), String>,
+    /// Loading a trivial XDP program: whether it was JIT-compiled, or the
+    /// kernel's refusal.
+    pub bpf_load: Result<bool, String>,
     /// /proc/sys/net/core/bpf_jit_enable, trimmed; None when unreadable.
     pub jit_enable: Option<String>,
     /// /sys/kernel/btf/vmlinux exists.
@@ -142,7 +143,7 @@ impl Default for Observed {
         Self {
             kernel: Kernel {
                 release: String::new(),
-                bpf_load: Ok(()),
+                bpf_load: Ok(true),
                 jit_enable: None,
                 btf: true,
             },
@@ -289,7 +290,7 @@ pub fn checks(seen: &Observed) -> Vec<Check> {
 fn kernel_checks(k: &Kernel) -> Vec<Check> {
     let mut out = Vec::new();
     out.push(match &k.bpf_load {
-        Ok(()) => ok("bpf(2)", "this process can load an XDP program"),
+        Ok(_) => ok("bpf(2)", "this process can load an XDP program"),
         Err(e) => fail(
             "bpf(2)",
             format!("loading a trivial XDP program failed: {e}"),
@@ -297,19 +298,30 @@ fn kernel_checks(k: &Kernel) -> Vec<Check> {
              bpf(2), on a kernel with CONFIG_BPF_SYSCALL",
         ),
     });
-    out.push(match k.jit_enable.as_deref() {
-        Some("1") | Some("2") => ok("bpf jit", "net.core.bpf_jit_enable is on"),
-        Some(v) => warn(
+    out.push(match (&k.bpf_load, k.jit_enable.as_deref()) {
+        (Ok(true), _) => ok("bpf jit", "the kernel JIT-compiles programs"),
+        (_, Some("1") | Some("2")) => ok("bpf jit", "net.core.bpf_jit_enable is on"),
+        (Ok(false), v) => warn(
+            "bpf jit",
+            format!(
+                "programs are interpreted (net.core.bpf_jit_enable {}), several times slower",
+                v.unwrap_or("unreadable here")
+            ),
+            "sysctl -w net.core.bpf_jit_enable=1",
+        ),
+        (_, Some(v)) => warn(
             "bpf jit",
             format!(
                 "net.core.bpf_jit_enable is {v}: programs are interpreted, several times slower"
             ),
             "sysctl -w net.core.bpf_jit_enable=1",
         ),
-        None => warn(
+        (Err(_), None) => warn(
             "bpf jit",
-            "/proc/sys/net/core/bpf_jit_enable cannot be read",
-            "check that the kernel has CONFIG_BPF_JIT",
+            "/proc/sys/net/core/bpf_jit_enable cannot be read (it exists only in the initial \
+             network namespace)",
+            "run doctor in the host's network namespace, and check that the kernel has \
+             CONFIG_BPF_JIT",
         ),
     });
     out.push(if k.btf {
@@ -815,9 +827,7 @@ pub fn gather(at: &Where) -> Observed {
         kernel: Kernel {
             release: sys::kernel_release().unwrap_or_default(),
             bpf_load: bpf::probe_xdp_load().map_err(|e| format!("{e:#}")),
-            jit_enable: fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")
-                .ok()
-                .map(|s| s.trim().to_string()),
+            jit_enable: jit_enable(),
             btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
         },
         bpffs_mounts: mounts
@@ -846,6 +856,14 @@ pub fn gather(at: &Where) -> Observed {
         max_age: at.max_age,
         run_dir: at.run_dir.to_path_buf(),
     }
+}
+
+/// net.core.bpf_jit_enable (the kernel shows it only in the initial network
+/// namespace; the probe's JIT answer counts first).
+fn jit_enable() -> Option<String> {
+    fs::read_to_string("/proc/sys/net/core/bpf_jit_enable")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn pin_state(pins: &Pins) -> PinState {
@@ -986,8 +1004,8 @@ mod tests {
         Observed {
             kernel: Kernel {
                 release: "6.18.0-1-amd64".into(),
-                bpf_load: Ok(()),
-                jit_enable: Some("1".into()),
+                bpf_load: Ok(true),
+                jit_enable: None,
                 btf: true,
             },
             this_build: "0.2.0+abc".into(),
@@ -1049,7 +1067,7 @@ mod tests {
             (
                 "bpf jit",
                 Level::Warn,
-                Box::new(|o| o.kernel.jit_enable = Some("0".into())),
+                Box::new(|o| o.kernel.bpf_load = Ok(false)),
             ),
             ("btf", Level::Warn, Box::new(|o| o.kernel.btf = false)),
             (
