@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+mod docs;
 mod doctor;
 mod health;
 mod rules;
@@ -168,6 +169,24 @@ pub enum Command {
     ///   ingress-xdp doctor --docker-host unix:///run/docker-b.sock --sbox-netns /run/docker-b/netns/ingress_sbox
     #[command(verbatim_doc_comment)]
     Doctor(doctor::DoctorArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Examples:
+    ///   ingress-xdp completions bash > /usr/share/bash-completion/completions/ingress-xdp
+    ///   ingress-xdp completions zsh > /usr/local/share/zsh/site-functions/_ingress-xdp
+    ///   ingress-xdp completions fish > ~/.config/fish/completions/ingress-xdp.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, ingress-xdp(1), in roff.
+    ///
+    /// Examples:
+    ///   ingress-xdp man | man -l -
+    ///   ingress-xdp man > /usr/local/share/man/man1/ingress-xdp.1
+    #[command(verbatim_doc_comment)]
+    Man,
 }
 
 /// Where to attach: shared by `attach` and `run`.
@@ -227,6 +246,8 @@ pub fn run(cli: Cli) -> Result<()> {
             json,
         } => health::cmd_health(&pins, &run_dir, max_age, json),
         Command::Doctor(args) => doctor::cmd_doctor(&pins, &args),
+        Command::Completions { shell } => docs::cmd_completions(shell),
+        Command::Man => docs::cmd_man(),
     }
 }
 
