@@ -9,7 +9,8 @@
 //!
 //! * `a_node_with_the_agent_warns_only_on_the_netns_mount`: a real one-node
 //!   swarm and agent; docker, sandbox, attach points and agent are ok, and
-//!   the exit status is 1 (warnings only).
+//!   the exit status is 1 (warnings only); pointed at a sandbox path that
+//!   does not exist on that swarm node, the sandbox check fails.
 //! * `a_newer_layout_fails`, `a_point_of_another_build_warns`,
 //!   `a_gone_point_fails`, `generic_where_native_works_warns`,
 //!   `programs_from_another_pin_dir_are_foreign`,
@@ -210,6 +211,20 @@ fn a_node_with_the_agent_warns_only_on_the_netns_mount() {
         .collect();
     assert_eq!(not_ok, ["netns directory"], "{:#}", report.json);
     report.exits(1, "warn");
+
+    // A swarm node whose sandbox is not where doctor looks (an agent's
+    // container without Docker's netns directory bound).
+    let elsewhere = Report::of(support::sh_out(&format!(
+        "nsenter --net={} {} --pin-dir {} doctor --json --run-dir {} --docker-host {} --sbox-netns {}",
+        d.netns_path().display(),
+        support::bin(),
+        pins.dir().display(),
+        run_dir.display(),
+        d.host(),
+        tmp.path.join("netns/ingress_sbox").display()
+    )));
+    elsewhere.has("sandbox", "fail", "in a swarm but there is no ingress_sbox");
+    elsewhere.exits(2, "fail");
 }
 
 #[test]

@@ -537,7 +537,13 @@ fn docker_check(seen: &Observed) -> Check {
 fn sandbox_check(seen: &Observed) -> Check {
     let name = "sandbox";
     let path = seen.sbox.display();
+    let in_swarm = matches!(&seen.docker, Ok(s) if s.state == "active");
     match &seen.sbox_state {
+        SboxState::Missing if in_swarm => fail(
+            name,
+            format!("the node is in a swarm but there is no ingress_sbox at {path}"),
+            preflight::sbox_missing_problem(&seen.sbox),
+        ),
         SboxState::Missing => warn(
             name,
             format!("no ingress_sbox at {path}: the routing mesh's sandbox is not filtered"),
@@ -1130,6 +1136,14 @@ mod tests {
             (
                 "sandbox",
                 Level::Warn,
+                Box::new(|o| {
+                    o.sbox_state = SboxState::Missing;
+                    o.docker.as_mut().unwrap().state = "inactive".into();
+                }),
+            ),
+            (
+                "sandbox",
+                Level::Fail,
                 Box::new(|o| o.sbox_state = SboxState::Missing),
             ),
             (
