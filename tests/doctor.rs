@@ -11,7 +11,8 @@
 //!   swarm and agent; docker, sandbox, attach points and agent are ok, and
 //!   the exit status is 1 (warnings only); pointed at a sandbox path that
 //!   does not exist on that swarm node, the sandbox check fails.
-//! * `a_newer_layout_fails`, `a_point_of_another_build_warns`,
+//! * `a_newer_layout_fails`, `a_pin_dir_off_bpffs_or_with_a_wrong_map_fails`,
+//!   `a_point_of_another_build_warns`,
 //!   `a_gone_point_fails`, `generic_where_native_works_warns`,
 //!   `programs_from_another_pin_dir_are_foreign`,
 //!   `a_blocked_port_in_the_ephemeral_range_warns`,
@@ -233,6 +234,23 @@ fn a_newer_layout_fails() {
     std::fs::create_dir(n.pins.dir().join("v9")).unwrap();
     let r = n.doctor();
     r.has("pin directory", "fail", "layout 9");
+    r.exits(2, "fail");
+}
+
+#[test]
+fn a_pin_dir_off_bpffs_or_with_a_wrong_map_fails() {
+    let n = Node::new("w");
+    let off = n.tmp.path.join("pins");
+    std::fs::create_dir_all(&off).unwrap();
+    let r = n.doctor_via("", &off, "");
+    r.has("pin directory", "fail", "not on a bpf filesystem");
+    r.exits(2, "fail");
+    // A map of another shape where STATE belongs (a rename within bpffs).
+    let layout = n.pins.pins.layout_dir();
+    std::fs::rename(layout.join("STATE"), layout.join("STATE_moved")).unwrap();
+    std::fs::rename(layout.join("RULE_ORIGIN"), layout.join("STATE")).unwrap();
+    let r = n.doctor();
+    r.has("pin directory", "fail", "does not match");
     r.exits(2, "fail");
 }
 
