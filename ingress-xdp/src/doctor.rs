@@ -22,8 +22,7 @@ use serde::Serialize;
 
 use crate::{
     attach::{AttachedMode, Hook, Presence, Registry},
-    bpf,
-    docker::{self},
+    bpf, docker,
     health::{self, Heartbeat},
     mountinfo::{self, Mount},
     pins::{self, Found, Pins},

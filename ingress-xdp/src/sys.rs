@@ -419,6 +419,28 @@ mod tests {
     }
 
     #[test]
+    fn netlink_attributes_nest_and_pad() {
+        // IFLA_XDP (43) holding IFLA_XDP_ATTACHED (2, u8, padded) and
+        // IFLA_XDP_PROG_ID (4, u32), then IFLA_MTU (4, u32).
+        let mut inner = vec![5, 0, 2, 0, 1, 0, 0, 0];
+        inner.extend([8, 0, 4, 0]);
+        inner.extend(77u32.to_ne_bytes());
+        let mut outer = ((inner.len() + 4) as u16).to_ne_bytes().to_vec();
+        outer.extend(43u16.to_ne_bytes());
+        outer.extend(&inner);
+        outer.extend([8, 0, 4, 0]);
+        outer.extend(1500u32.to_ne_bytes());
+        let attrs = rtattrs(&outer);
+        assert_eq!(attrs.len(), 2);
+        assert_eq!(attrs[0].0, 43);
+        let nested = rtattrs(attrs[0].1);
+        assert_eq!(nested[0], (2, &[1u8][..]));
+        assert_eq!(nested[1], (4, &77u32.to_ne_bytes()[..]));
+        assert_eq!(attrs[1], (4, &1500u32.to_ne_bytes()[..]));
+        assert!(rtattrs(&[3, 0, 1]).is_empty(), "a cut attribute is dropped");
+    }
+
+    #[test]
     fn port_range() {
         assert_eq!(parse_port_range("32768\t60999\n"), Some((32768, 60999)));
         assert_eq!(parse_port_range("garbage"), None);

@@ -1,7 +1,8 @@
 //! Command-line interface: argument definitions (clap derive) and the
 //! commands, each a thin layer over the library, one file per command:
 //! [`targets`] (attach, detach), [`rules`] (block, unblock, list), [`stats`],
-//! [`status`] and [`run`] (the agent).
+//! [`status`], [`run`] (the agent), [`health`], [`doctor`] and [`docs`]
+//! (completions, man page).
 
 use std::{collections::BTreeSet, io::Write, path::PathBuf, time::Duration};
 
