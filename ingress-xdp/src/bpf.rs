@@ -17,6 +17,8 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_QUERY: libc::c_long = 16;
 
 /// `union bpf_attr` is at most this big for the commands used here; the
 /// kernel accepts a larger, zero-filled buffer.
@@ -255,4 +257,57 @@ impl Drop for MappedArray {
         // SAFETY: our own mapping, unmapped once.
         unsafe { libc::munmap(self.ptr, self.mapped_bytes) };
     }
+}
+
+/// Loads (and at once drops) the smallest XDP program, `return XDP_PASS`:
+/// whether bpf(2) works here for this process at all (kernel support,
+/// privileges, seccomp), asked the way `attach` will ask. Returns whether
+/// the kernel JIT-compiled it (bpf_prog_info.jited_prog_len), which holds
+/// in every network namespace, unlike net.core.bpf_jit_enable.
+pub fn probe_xdp_load() -> Result<bool> {
+    const BPF_PROG_TYPE_XDP: u32 = 6;
+    // r0 = 2 (XDP_PASS); exit
+    let insns: [u8; 16] = [0xb7, 0, 0, 0, 2, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let license = c"GPL";
+    let mut attr = [0u8; ATTR_LEN];
+    put_u32(&mut attr, 0, BPF_PROG_TYPE_XDP);
+    put_u32(&mut attr, 4, 2);
+    put_u64(&mut attr, 8, insns.as_ptr() as u64);
+    put_u64(&mut attr, 16, license.as_ptr() as u64);
+    let fd =
+        bpf(BPF_PROG_LOAD, &mut attr).context("BPF_PROG_LOAD of a 2-instruction XDP program")?;
+    // SAFETY: the kernel returned a new fd that we own; closing unloads it.
+    let prog = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_prog_info: type, id, tag[8], jited_prog_len, ...
+    let mut info = [0u8; 64];
+    let mut attr = [0u8; ATTR_LEN];
+    put_u32(&mut attr, 0, prog.as_raw_fd() as u32);
+    put_u32(&mut attr, 4, info.len() as u32);
+    put_u64(&mut attr, 8, info.as_mut_ptr() as u64);
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+        .context("BPF_OBJ_GET_INFO_BY_FD on the probe program")?;
+    Ok(u32::from_ne_bytes(info[16..20].try_into().expect("4 bytes")) > 0)
+}
+
+/// Ids of the programs attached to TCX ingress of interface `ifindex` in the
+/// calling thread's namespace (BPF_PROG_QUERY); none on kernels without TCX.
+pub fn tcx_ingress_prog_ids(ifindex: u32) -> Result<Vec<u32>> {
+    const BPF_TCX_INGRESS: u32 = 46;
+    let mut ids = [0u32; 64];
+    let mut attr = [0u8; ATTR_LEN];
+    put_u32(&mut attr, 0, ifindex);
+    put_u32(&mut attr, 4, BPF_TCX_INGRESS);
+    put_u64(&mut attr, 16, ids.as_mut_ptr() as u64);
+    put_u32(&mut attr, 24, ids.len() as u32);
+    match bpf(BPF_PROG_QUERY, &mut attr) {
+        Ok(_) => {}
+        // Before 6.6 the kernel does not know the attach type.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("BPF_PROG_QUERY tcx ingress of ifindex {ifindex}"));
+        }
+    }
+    let count = u32::from_ne_bytes(attr[24..28].try_into().expect("4 bytes")) as usize;
+    Ok(ids[..count.min(ids.len())].to_vec())
 }

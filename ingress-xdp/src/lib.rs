@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod constraint;
 pub mod docker;
+pub mod doctor;
 pub mod feed;
 pub mod fixed;
 pub mod health;

@@ -16,6 +16,7 @@ mod bench;
 mod engine;
 mod fuzz;
 mod image;
+mod install;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "ingress-xdp project tasks")]
@@ -56,6 +57,10 @@ enum Task {
     /// Build the image ingress-xdp:<version> (the release binary and its
     /// libraries, no base image) as a `docker load` archive in target/image/.
     Image(image::ImageArgs),
+    /// Install the release binary, the systemd unit, shell completions
+    /// (bash, zsh, fish) and the man page under --prefix (default
+    /// /usr/local), or stage them under --destdir.
+    Install(install::InstallArgs),
 }
 
 /// The test binaries that drive a Docker Engine, run on both engines.
@@ -83,6 +88,7 @@ fn main() -> Result<()> {
         Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(args) => bench::bench(args),
         Task::Image(args) => image::image(args),
+        Task::Install(args) => install::install(args),
     }
 }
 

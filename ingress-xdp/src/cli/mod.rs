@@ -1,7 +1,8 @@
 //! Command-line interface: argument definitions (clap derive) and the
 //! commands, each a thin layer over the library, one file per command:
 //! [`targets`] (attach, detach), [`rules`] (block, unblock, list), [`stats`],
-//! [`status`] and [`run`] (the agent).
+//! [`status`], [`run`] (the agent), [`health`], [`doctor`] and [`docs`]
+//! (completions, man page).
 
 use std::{collections::BTreeSet, io::Write, path::PathBuf, time::Duration};
 
@@ -9,6 +10,8 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+mod docs;
+mod doctor;
 mod health;
 mod metrics;
 mod rules;
@@ -174,6 +177,35 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = crate::metrics::pinned::DEFAULT_MAX_RULE_SERIES)]
         max_rules: usize,
     },
+    /// Check this node: kernel, bpffs, privileges, pin directory, Docker,
+    /// the sandbox, the attach points, ports and the agent. One line per
+    /// check, each with what to do; exits 0 when all is well, 1 on
+    /// warnings, 2 on failures. Changes nothing.
+    ///
+    /// Examples:
+    ///   ingress-xdp doctor
+    ///   ingress-xdp doctor --json | jq '.checks[] | select(.level != "ok")'
+    ///   ingress-xdp doctor --docker-host unix:///run/docker-b.sock --sbox-netns /run/docker-b/netns/ingress_sbox
+    #[command(verbatim_doc_comment)]
+    Doctor(doctor::DoctorArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    ///
+    /// Examples:
+    ///   ingress-xdp completions bash > /usr/share/bash-completion/completions/ingress-xdp
+    ///   ingress-xdp completions zsh > /usr/local/share/zsh/site-functions/_ingress-xdp
+    ///   ingress-xdp completions fish > ~/.config/fish/completions/ingress-xdp.fish
+    #[command(verbatim_doc_comment)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, ingress-xdp(1), in roff.
+    ///
+    /// Examples:
+    ///   ingress-xdp man | man -l -
+    ///   ingress-xdp man > /usr/local/share/man/man1/ingress-xdp.1
+    #[command(verbatim_doc_comment)]
+    Man,
 }
 
 /// Where to attach: shared by `attach` and `run`.
@@ -235,6 +267,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Metrics { output, max_rules } => {
             metrics::cmd_metrics(&pins, output.as_deref(), max_rules)
         }
+        Command::Doctor(args) => doctor::cmd_doctor(&pins, &args),
+        Command::Completions { shell } => docs::cmd_completions(shell),
+        Command::Man => docs::cmd_man(),
     }
 }
 
