@@ -11,10 +11,13 @@ use std::time::Duration;
 use ingress_xdp::spec::Protocol::{self, Tcp, Udp};
 use support::{
     TestPins,
-    agent::{AgentProc, docker_blocks, measure, rules, wait_rules},
+    agent::{AgentProc, docker_blocks, measure, rules, sample, scrape, wait_rules},
     docker::{Dockerd, Proto, Publish, ServiceSpec, http_get, reply_of},
     traffic::{PATIENCE, Reach, SILENCE},
 };
+
+/// The agents' metrics endpoint, inside each test's own dockerd namespace.
+const METRICS: &str = "127.0.0.1:9464";
 
 /// The bound for a change to reach the map.
 const CONVERGE: Duration = Duration::from_secs(2);
@@ -260,7 +263,7 @@ fn reattaches_after_dockerd_restart_and_swarm_reinit() {
         .publish(Publish::ingress(8301, Proto::Tcp))
         .label("ingress-xdp.block", "true");
     d.create_service_running(&spec);
-    let agent = AgentProc::start(&d, &pins.pins, &[]);
+    let agent = AgentProc::start(&d, &pins.pins, &["--metrics-addr", METRICS]);
     wait_rules(
         &pins.pins,
         &agent,
@@ -268,6 +271,11 @@ fn reattaches_after_dockerd_restart_and_swarm_reinit() {
         docker_blocks(&[(Tcp, 8301)]),
     );
     agent.wait_log("attached eth1 in", Duration::from_secs(5));
+    let metrics = scrape(&d.netns_path(), METRICS);
+    assert_eq!(
+        sample(&metrics, "ingress_xdp_sandbox_reattaches_total"),
+        Some(0.0)
+    );
     let sbox_attached = |log: &str| log.matches("attached eth1 in").count();
 
     // dockerd restart: a new ingress_sbox (the old links die with it).
@@ -326,6 +334,22 @@ fn reattaches_after_dockerd_restart_and_swarm_reinit() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(sbox_attached(&agent.log()), 3, "{}", agent.log());
+    // Two new sandboxes, each a re-attach; the outages were sync errors.
+    let metrics = scrape(&d.netns_path(), METRICS);
+    assert_eq!(
+        sample(&metrics, "ingress_xdp_sandbox_reattaches_total"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "ingress_xdp_sync_errors_total").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "ingress_xdp_docker_up"),
+        Some(1.0),
+        "{metrics}"
+    );
     d.install_service_standins(&spec.name);
     assert_eq!(http_get(&d.netns_path(), local, SILENCE), Reach::Silent);
     let status: serde_json::Value = serde_json::from_str(&cli(&pins, "status --json")).unwrap();

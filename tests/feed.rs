@@ -38,7 +38,7 @@ use std::{
 use ingress_xdp::{feed::DEFAULT_PORT, policy::LABEL_NODES, spec::Protocol};
 use support::{
     TestPins,
-    agent::{AgentProc, docker_blocks, measure, rules, wait_rules},
+    agent::{AgentProc, docker_blocks, measure, rules, sample, scrape, wait_rules},
     docker::{Dockerd, Proto, Publish, ServiceSpec, Swarm, exec_in_out},
     pki::{TempDir, openssl},
 };
@@ -62,8 +62,15 @@ fn ms(d: Duration) -> String {
 /// An agent on `d` with its Swarm certificates from `d`'s data root.
 fn agent_on(d: &Dockerd, pins: &TestPins) -> AgentProc {
     let root = d.data_root().display().to_string();
-    AgentProc::start(d, &pins.pins, &["--docker-data-root", &root])
+    AgentProc::start(
+        d,
+        &pins.pins,
+        &["--docker-data-root", &root, "--metrics-addr", METRICS],
+    )
 }
+
+/// Every agent's metrics endpoint, inside its own node's namespace.
+const METRICS: &str = "127.0.0.1:9464";
 
 /// The manager address in the newest "following ... feed" line of `log`.
 fn feed_manager(log: &str) -> Option<String> {
@@ -518,6 +525,28 @@ fn the_feed_refuses_strangers_and_follows_a_ca_rotation() {
     assert!(
         control.contains(r#""type":"rules""#) && control.contains(&MGR.to_string()),
         "the worker's own certificate gets its rule set: {control}"
+    );
+    // The counts in the manager's metrics: every refusal, and the worker's
+    // agent plus the control served; the worker follows the feed.
+    let metrics = scrape(&m.netns_path(), METRICS);
+    assert_eq!(
+        sample(&metrics, "ingress_xdp_feed_clients_refused_total"),
+        Some(refusals(&am) as f64),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "ingress_xdp_feed_clients_served_total").unwrap_or(0.0) >= 2.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "ingress_xdp_feed_clients_connected").unwrap_or(0.0) >= 1.0,
+        "the worker's agent stays connected: {metrics}"
+    );
+    let worker_metrics = scrape(&w.netns_path(), METRICS);
+    assert_eq!(
+        sample(&worker_metrics, r#"ingress_xdp_source_mode{mode="feed"}"#),
+        Some(1.0),
+        "{worker_metrics}"
     );
 
     // Root rotation: every certificate changes; both agents move to the new

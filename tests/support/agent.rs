@@ -244,3 +244,21 @@ pub fn docker_blocks(ports: &[(Protocol, u16)]) -> impl Fn(&[RuleEntry]) -> bool
         have == want
     }
 }
+
+/// GET /metrics of an agent's `--metrics-addr` from inside `netns`.
+#[track_caller]
+pub fn scrape(netns: &Path, addr: &str) -> String {
+    let addr = addr.parse().expect("a socket address");
+    match super::docker::http_get_path(netns, addr, "/metrics", super::traffic::PATIENCE) {
+        super::traffic::Reach::Served(body) => body,
+        other => panic!("GET http://{addr}/metrics: {other:?}"),
+    }
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed,
+/// e.g. `ingress_xdp_docker_up` or `ingress_xdp_rules{mode="block"}`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}

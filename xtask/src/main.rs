@@ -78,6 +78,7 @@ const TEST_PACKAGES: &[&str] = &[
     "openssl",        // certificates for the TLS manager and feed clients (agent_tls, feed)
     "systemd",        // systemd-analyze verify/security of deploy/ingress-xdp.service
     "prometheus",     // a real Prometheus scraping the agent, and promtool (tests/metrics.rs)
+    "man-db",         // man -l renders the generated page (tests/docs.rs)
 ];
 
 fn main() -> Result<()> {
