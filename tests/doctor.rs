@@ -83,7 +83,7 @@ impl Node {
             )
         };
         format!(
-            "{} --pin-dir {} doctor --json --run-dir {} {sbox} --docker-host unix://{} {extra}",
+            "{} --pin-dir {} doctor --json --run-dir {} {sbox} --local-docker unix://{} {extra}",
             support::bin(),
             pins.display(),
             self.tmp.path.join("run").display(),
@@ -179,7 +179,7 @@ fn a_node_with_the_agent_warns_only_on_the_netns_mount() {
     );
     let doctor = || {
         Report::of(support::sh_out(&format!(
-            "nsenter --net={} {} --pin-dir {} doctor --json --run-dir {} --docker-host {} --sbox-netns {}",
+            "nsenter --net={} {} --pin-dir {} doctor --json --run-dir {} --local-docker {} --sbox-netns {}",
             d.netns_path().display(),
             support::bin(),
             pins.dir().display(),
@@ -216,7 +216,7 @@ fn a_node_with_the_agent_warns_only_on_the_netns_mount() {
     // A swarm node whose sandbox is not where doctor looks (an agent's
     // container without Docker's netns directory bound).
     let elsewhere = Report::of(support::sh_out(&format!(
-        "nsenter --net={} {} --pin-dir {} doctor --json --run-dir {} --docker-host {} --sbox-netns {}",
+        "nsenter --net={} {} --pin-dir {} doctor --json --run-dir {} --local-docker {} --sbox-netns {}",
         d.netns_path().display(),
         support::bin(),
         pins.dir().display(),
@@ -443,7 +443,7 @@ fn docker_unreachable_fails() {
     let n = Node::new("d");
     let r = n.doctor();
     r.has("docker", "fail", "docker.sock");
-    r.has("docker", "fail", "--docker-host");
+    r.has("docker", "fail", "--local-docker");
     r.exits(2, "fail");
 }
 

@@ -510,7 +510,7 @@ fn docker_check(seen: &Observed) -> Check {
         Err(e) => fail(
             name,
             format!("no answer from {}: {e}", seen.docker_host),
-            "start dockerd, or pass --docker-host (or DOCKER_HOST) naming this node's engine; \
+            "start dockerd, or pass --local-docker (or INGRESS_XDP_LOCAL_DOCKER) naming this node's engine; \
              without it the agent cannot follow the services (the drops stay)",
         ),
         Ok(s) if s.state != "active" => warn(

@@ -8,9 +8,10 @@ use crate::doctor::{self, Level, Where};
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
-    /// This node's Docker engine (unix:///PATH, a socket path, or tcp://HOST:PORT).
-    #[arg(long, env = "DOCKER_HOST", value_name = "URL", default_value = DEFAULT_LOCAL_DOCKER)]
-    pub docker_host: String,
+    /// This node's Docker engine (unix:///PATH, a socket path, or
+    /// tcp://HOST:PORT), as `run --local-docker` names it.
+    #[arg(long, env = "INGRESS_XDP_LOCAL_DOCKER", value_name = "URL", default_value = DEFAULT_LOCAL_DOCKER)]
+    pub local_docker: String,
     /// Network namespace file of Docker's ingress sandbox. [default:
     /// /var/run/docker/netns/ingress_sbox]
     #[arg(long, value_name = "PATH")]
@@ -34,7 +35,7 @@ pub(super) fn cmd_doctor(pins: &Pins, args: &DoctorArgs) -> Result<()> {
         .unwrap_or_else(sys::default_sbox_netns);
     let seen = doctor::gather(&Where {
         pins,
-        docker_host: &args.docker_host,
+        docker_host: &args.local_docker,
         sbox: Path::new(&sbox),
         run_dir: &args.run_dir,
         max_age: args.max_age,

@@ -185,7 +185,7 @@ pub enum Command {
     /// Examples:
     ///   ingress-xdp doctor
     ///   ingress-xdp doctor --json | jq '.checks[] | select(.level != "ok")'
-    ///   ingress-xdp doctor --docker-host unix:///run/docker-b.sock --sbox-netns /run/docker-b/netns/ingress_sbox
+    ///   ingress-xdp doctor --local-docker unix:///run/docker-b.sock --sbox-netns /run/docker-b/netns/ingress_sbox
     #[command(verbatim_doc_comment)]
     Doctor(doctor::DoctorArgs),
     /// Print shell completions (bash, zsh, fish, elvish, powershell).
