@@ -749,3 +749,74 @@ fn stats_watch_redraws_on_a_terminal_and_prints_plain_when_piped() {
     );
     assert!(!tty.contains("\n# "), "no piped headers on a terminal");
 }
+
+/// `events` and `top` on live traffic: a client's SYNs to a blocked port
+/// through the NIC's XDP program show up with its address and ports, as a
+/// JSON line and in the table of busiest sources; the stream turned events
+/// on only while it ran.
+#[test]
+fn events_and_top_show_who_sends_to_a_blocked_port() {
+    use std::process::{Command, Stdio};
+
+    let mesh = Mesh::new("e");
+    mesh.attach("");
+    mesh.cli_ok(&format!("block {BLOCKED}"));
+    let spawn = |args: &str| {
+        Command::new("nsenter")
+            .arg(format!("--net={}", mesh.node.path().display()))
+            .arg(support::bin())
+            .arg("--pin-dir")
+            .arg(mesh.pins.dir())
+            .args(args.split_whitespace())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ingress-xdp")
+    };
+    let stream = spawn(&format!(
+        "events --json --count 1 --seconds 20 --port {BLOCKED}"
+    ));
+    // The stream is reading once it has said it turned events on.
+    std::thread::sleep(Duration::from_millis(500));
+    let sender = std::thread::scope(|s| {
+        let probes = s.spawn(|| {
+            for _ in 0..5 {
+                let _ = mesh.remote_tcp(BLOCKED)(Duration::from_millis(300));
+            }
+        });
+        let out = stream.wait_with_output().unwrap();
+        probes.join().unwrap();
+        out
+    });
+    let text = String::from_utf8_lossy(&sender.stdout);
+    let event: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("{e}: {text:?} {}", String::from_utf8_lossy(&sender.stderr)));
+    assert_eq!(event["src"], REMOTE, "{event}");
+    assert_eq!(event["dst_port"], BLOCKED, "{event}");
+    assert_eq!(event["protocol"], "tcp", "{event}");
+    assert_eq!(event["verdict"], "dropped", "{event}");
+    assert!(
+        event["attach_point"].as_str().unwrap().contains("n0"),
+        "{event}"
+    );
+    assert!(event["time"].as_str().unwrap().ends_with('Z'), "{event}");
+    let status = mesh.cli_ok("events status --json");
+    assert!(
+        status.contains(r#""enabled":false"#),
+        "off again after the stream: {status}"
+    );
+
+    let top = spawn("top --interval 2 --windows 1");
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..3 {
+        let _ = mesh.remote_tcp(BLOCKED)(Duration::from_millis(200));
+    }
+    let out = top.wait_with_output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("{BLOCKED}/tcp")) && table.contains(REMOTE),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!table.contains('\x1b'), "plain when piped: {table:?}");
+}

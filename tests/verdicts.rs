@@ -1622,3 +1622,224 @@ fn a_full_counter_table_still_blocks() {
     h.block("8081");
     assert!(h.entry("8081").unwrap().counted);
 }
+
+// ---------------------------------------------------------------------------
+// Drop events
+// ---------------------------------------------------------------------------
+
+mod drop_events {
+    use std::{
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+        time::{Duration, Instant},
+    };
+
+    use aya::programs::{TestRun, TestRunOptions, Xdp};
+    use ingress_xdp::{
+        events::{Record, Settings, Stream, Switch, Verdict},
+        pins::PROG_XDP,
+        rules::Mode,
+        spec::Protocol,
+    };
+
+    use super::{Family, Harness, L4, SPORT, TC_ID, XDP_ID, frames, spec};
+
+    fn protocol(l4: L4) -> Protocol {
+        match l4 {
+            L4::Tcp => Protocol::Tcp,
+            L4::Udp => Protocol::Udp,
+            L4::Sctp => Protocol::Sctp,
+        }
+    }
+
+    fn client(family: Family) -> IpAddr {
+        match family {
+            Family::V4 => IpAddr::V4(Ipv4Addr::from(frames::CLIENT_V4)),
+            Family::V6 => IpAddr::V6(Ipv6Addr::from(frames::CLIENT_V6)),
+        }
+    }
+
+    fn unix_now_ns() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+    }
+
+    /// Everything in the ring within `wait` of the first event.
+    fn collect(stream: &mut Stream, wait: Duration) -> Vec<Record> {
+        let mut all = stream.next_batch(wait).expect("read EVENTS");
+        loop {
+            let more = stream
+                .next_batch(Duration::from_millis(20))
+                .expect("read EVENTS");
+            if more.is_empty() {
+                return all;
+            }
+            all.extend(more);
+        }
+    }
+
+    const ON: Settings = Settings {
+        enabled: true,
+        rate: 1_000_000,
+        burst: 100_000,
+    };
+
+    /// Every protocol and family through both hooks: one event each, with
+    /// the packet's source, ports, length, hook and verdict. Off (the
+    /// default) and switched off again, nothing is sent: the same loaded
+    /// programs, only the map changed.
+    #[test]
+    fn events_carry_the_packet_per_family_protocol_and_hook() {
+        let mut h = Harness::new("vev");
+        for l4 in L4::ALL {
+            h.block(&spec(l4, 8080));
+        }
+        h.rule("9090/udp", Mode::Audit, &[]);
+        let pins = h._pins.pins.clone();
+        let mut switch = Switch::open(&pins).expect("open the event switch");
+        let mut stream = Stream::open(&pins).expect("open EVENTS");
+
+        let probe = frames::to(Family::V4, L4::Tcp, 8080);
+        h.run_xdp(&probe).unwrap();
+        assert!(
+            collect(&mut stream, Duration::from_millis(50)).is_empty(),
+            "off by default"
+        );
+
+        switch.set(ON).unwrap();
+        for family in Family::ALL {
+            for l4 in L4::ALL {
+                let frame = frames::to(family, l4, 8080);
+                for (hook, id) in [("xdp", XDP_ID), ("tc", TC_ID)] {
+                    let before = unix_now_ns();
+                    if hook == "xdp" {
+                        h.run_xdp(&frame).unwrap();
+                    } else {
+                        h.run_tc(&frame).unwrap();
+                    }
+                    let got = collect(&mut stream, Duration::from_secs(1));
+                    let what = format!("{family:?} {} via {hook}", l4.name());
+                    assert_eq!(got.len(), 1, "{what}: {got:?}");
+                    let e = &got[0];
+                    assert_eq!(e.attach_id, id, "{what}");
+                    assert_eq!(e.protocol, protocol(l4), "{what}");
+                    assert_eq!(e.src, client(family), "{what}");
+                    assert_eq!((e.src_port, e.dst_port), (SPORT, 8080), "{what}");
+                    assert_eq!(e.verdict, Verdict::Dropped, "{what}");
+                    assert_eq!(e.frame_len as usize, frame.len(), "{what}");
+                    let skew = e.time_unix_ns.abs_diff(before);
+                    assert!(skew < 2_000_000_000, "{what}: time off by {skew} ns");
+                }
+            }
+        }
+
+        h.run_xdp(&frames::to(Family::V6, L4::Udp, 9090)).unwrap();
+        let audited = collect(&mut stream, Duration::from_secs(1));
+        assert_eq!(audited.len(), 1, "{audited:?}");
+        assert_eq!(audited[0].verdict, Verdict::Audited);
+
+        h.run_xdp(&frames::to(Family::V4, L4::Tcp, 8081)).unwrap();
+        assert!(
+            collect(&mut stream, Duration::from_millis(50)).is_empty(),
+            "an open port sends nothing"
+        );
+
+        switch
+            .set(Settings {
+                enabled: false,
+                ..ON
+            })
+            .unwrap();
+        h.run_xdp(&probe).unwrap();
+        h.run_tc(&probe).unwrap();
+        assert!(
+            collect(&mut stream, Duration::from_millis(50)).is_empty(),
+            "switched off live"
+        );
+        let counts = switch.counts().unwrap();
+        assert_eq!(counts.sent, 13, "{counts:?}");
+        assert_eq!((counts.limited, counts.lost), (0, 0), "{counts:?}");
+    }
+
+    /// `repeat` runs of one blocked SYN in one BPF_PROG_TEST_RUN.
+    fn flood(h: &Harness, frames_n: u32) -> Duration {
+        let prog: &Xdp = h.xdp.program(PROG_XDP).unwrap().try_into().unwrap();
+        let frame = frames::to(Family::V4, L4::Tcp, 8080);
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame);
+        opts.repeat = frames_n;
+        let start = Instant::now();
+        prog.test_run(opts).expect("test run");
+        start.elapsed()
+    }
+
+    /// Under a flood the token bucket lets through the burst and the rate,
+    /// no more; the rest is counted as held back, and the rule counter still
+    /// counts every packet. With the limit out of the way a full ring is
+    /// counted as lost, and every event sent is in the ring.
+    #[test]
+    fn the_rate_limit_holds_under_a_flood_and_losses_are_counted() {
+        let mut h = Harness::new("vevr");
+        h.block("8080/tcp");
+        let pins = h._pins.pins.clone();
+        let mut switch = Switch::open(&pins).unwrap();
+        let mut stream = Stream::open(&pins).unwrap();
+
+        const FLOOD: u32 = 200_000;
+        let (rate, burst) = (1000u32, 50u32);
+        switch.reset_counts().unwrap();
+        switch
+            .set(Settings {
+                enabled: true,
+                rate,
+                burst,
+            })
+            .unwrap();
+        let took = flood(&h, FLOOD);
+        let counts = switch.counts().unwrap();
+        let allowed = u64::from(burst) + (f64::from(rate) * took.as_secs_f64()).ceil() as u64 + 1;
+        eprintln!(
+            "REPORT events: {FLOOD} blocked SYNs in {took:?} at {rate}/s, burst {burst}: {} sent, {} held back",
+            counts.sent, counts.limited
+        );
+        assert!(
+            counts.sent >= u64::from(burst) && counts.sent <= allowed,
+            "sent {} (allowed {allowed} in {took:?})",
+            counts.sent
+        );
+        assert_eq!(counts.sent + counts.limited, u64::from(FLOOD), "{counts:?}");
+        assert_eq!(counts.lost, 0);
+        let rule = h.entry("8080/tcp").unwrap();
+        assert_eq!(
+            rule.packets,
+            u64::from(FLOOD),
+            "the rule counts every packet"
+        );
+        let read = collect(&mut stream, Duration::from_secs(1));
+        assert_eq!(
+            read.len() as u64,
+            counts.sent,
+            "every event sent is in the ring"
+        );
+
+        // No limit to speak of: the ring (256 KiB) fills and the rest is lost.
+        switch.reset_counts().unwrap();
+        switch.set(ON).unwrap();
+        flood(&h, 20_000);
+        let counts = switch.counts().unwrap();
+        eprintln!(
+            "REPORT events: 20000 events into an unread ring: {} sent, {} lost",
+            counts.sent, counts.lost
+        );
+        assert!(counts.lost > 0, "{counts:?}");
+        assert_eq!(counts.sent + counts.lost, 20_000, "{counts:?}");
+        let read = collect(&mut stream, Duration::from_secs(1));
+        assert_eq!(read.len() as u64, counts.sent);
+        assert_eq!(
+            h.entry("8080/tcp").unwrap().packets,
+            u64::from(FLOOD) + 20_000,
+            "the counters stay exact when events are lost"
+        );
+    }
+}

@@ -18,7 +18,8 @@ pub const RULE_SLOTS: u32 = PROTO_PLANES * 65536;
 /// Version of the pinned state's layout (map types, sizes, value layouts).
 /// Every change to one of them bumps it and ships a migration.
 /// 1: release 0.1.0, maps at the top of the pin directory.
-/// 2: per-rule counters in a per-CPU array, build strings, maps in `v2/`.
+/// 2: per-rule counters in a per-CPU array, build strings, maps in `v2/`,
+///    drop events (`EVENTS`, `EVENT_CONFIG`, `EVENT_LIMITER`).
 pub const LAYOUT_VERSION: u32 = 2;
 
 /// Attach points one pin directory can hold (host NICs + sbox veths).
@@ -278,6 +279,72 @@ impl Default for RuleOrigin {
     }
 }
 
+/// Bytes of the `EVENTS` ring buffer (a power of two pages): 4,096 events.
+pub const EVENT_RING_BYTES: u32 = 256 * 1024;
+
+/// The single slot of `EVENT_CONFIG`, written by the loader at run time (no
+/// re-attach): whether drop and audit events are sent, and each CPU's token
+/// bucket. A token is `ns_per_event` nanoseconds of budget, so refilling is
+/// an addition and a cap, with no division in the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventConfig {
+    /// 1: send events; 0: off (the fast path reads only this word).
+    pub enabled: u32,
+    pub pad: u32,
+    /// Nanoseconds between events at the sustained rate, per CPU.
+    pub ns_per_event: u64,
+    /// Budget a CPU may save up: the burst, in nanoseconds.
+    pub burst_ns: u64,
+}
+
+/// One CPU's slot of `EVENT_LIMITER` (per-CPU): its token bucket and what
+/// became of the events it had to send.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventLimiter {
+    /// `bpf_ktime_get_ns` of the last refill.
+    pub last_ns: u64,
+    /// Saved budget, at most `EventConfig::burst_ns`.
+    pub budget_ns: u64,
+    /// Events written to the ring.
+    pub sent: u64,
+    /// Events the rate limit held back.
+    pub limited: u64,
+    /// Events lost because the ring was full (its reader too slow).
+    pub lost: u64,
+}
+
+/// Which verdict an [`Event`] reports.
+pub mod event_verdict {
+    pub const DROPPED: u8 = 1;
+    pub const AUDITED: u8 = 2;
+}
+
+/// One record of the `EVENTS` ring buffer: a packet to a blocked (or
+/// audited) port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) when the program judged it.
+    pub time_ns: u64,
+    /// The source address; IPv4 in the first four bytes.
+    pub src_addr: [u8; 16],
+    /// Bytes of the frame (XDP) or skb (TC).
+    pub frame_len: u32,
+    /// The attach point (index into `ATTACH_INFO`).
+    pub attach_id: u32,
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// IANA protocol number (tcp, udp, sctp).
+    pub proto: u8,
+    /// 1 when `src_addr` is IPv6.
+    pub ipv6: u8,
+    /// [`event_verdict`].
+    pub verdict: u8,
+    pub pad: u8,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -291,6 +358,9 @@ mod pod {
     unsafe impl aya::Pod for AttachInfo {}
     unsafe impl aya::Pod for RuleOrigin {}
     unsafe impl aya::Pod for StateInfo {}
+    unsafe impl aya::Pod for EventConfig {}
+    unsafe impl aya::Pod for EventLimiter {}
+    unsafe impl aya::Pod for Event {}
 }
 
 #[cfg(test)]
@@ -310,6 +380,9 @@ mod tests {
         );
         assert_eq!(core::mem::size_of::<StateInfo>(), 16 + BUILD_LEN);
         assert_eq!(core::mem::size_of::<RuleOrigin>(), 256);
+        assert_eq!(core::mem::size_of::<EventConfig>(), 24);
+        assert_eq!(core::mem::size_of::<EventLimiter>(), 40);
+        assert_eq!(core::mem::size_of::<Event>(), 8 + 16 + 8 + 4 + 4);
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! Per-packet memory, the budget the design is held to: a frame with no
 //! port to judge touches the packet and its point's `ATTACH_STATS` line; an
 //! open port adds the rule's 4-byte `RULES` slot; a blocked port adds its
-//! `RULE_COUNTERS` line. Every lookup is into an array, which the verifier
+//! `RULE_COUNTERS` line and the word of `EVENT_CONFIG` that says events are
+//! off (with events on, this CPU's `EVENT_LIMITER` line and, when its bucket
+//! allows, a ring buffer record). Every lookup is into an array, which the verifier
 //! inlines into an address computation (no helper call, no hashing), and
 //! no load depends on a previous map load except the counter's index, read
 //! from the rule slot already in hand.
@@ -19,15 +21,16 @@ mod parse;
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::bpf_ktime_get_ns,
     macros::{classifier, map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{TcContext, XdpContext},
 };
 use ingress_xdp_common::{
-    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, IPPROTO_SCTP,
-    IPPROTO_TCP, IPPROTO_UDP, MAX_ALLOW_PREFIXES, MAX_ATTACH_POINTS, MAX_ORIGINS,
-    MAX_RULE_COUNTERS, RULE_SLOTS, Rule, RuleCounters, RuleKey, RuleOrigin, StateInfo, action,
-    rule_flags, rule_slot,
+    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, EVENT_RING_BYTES,
+    Event, EventConfig, EventLimiter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MAX_ALLOW_PREFIXES,
+    MAX_ATTACH_POINTS, MAX_ORIGINS, MAX_RULE_COUNTERS, RULE_SLOTS, Rule, RuleCounters, RuleKey,
+    RuleOrigin, StateInfo, action, event_verdict, rule_flags, rule_slot,
 };
 use parse::{Frame, Judgeable, Parsed};
 
@@ -69,6 +72,17 @@ static RULE_ORIGIN: HashMap<RuleKey, RuleOrigin> = HashMap::pinned(MAX_ORIGINS, 
 /// The layout version and the build that wrote it; loader-only.
 #[map]
 static STATE: Array<StateInfo> = Array::pinned(1, 0);
+
+/// Drop and audit events for `events` and `top`, rate-limited per CPU.
+#[map]
+static EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
+
+/// Whether events are on, and the rate limit; set by the loader at run time.
+#[map]
+static EVENT_CONFIG: Array<EventConfig> = Array::pinned(1, 0);
+
+#[map]
+static EVENT_LIMITER: PerCpuArray<EventLimiter> = PerCpuArray::pinned(1, 0);
 
 /// Where a packet ended up. The discriminant is the index of its bucket in
 /// [`AttachCounters`] (its fields are five `u64`s in this order), so recording
@@ -140,11 +154,97 @@ fn judge(frame: &Frame, pkt: Judgeable, bytes: u64) -> Outcome {
         return Outcome::Allowed;
     }
     count_rule(rule.counter, bytes);
-    if verdict == action::BLOCK {
+    let outcome = if verdict == action::BLOCK {
         Outcome::Dropped
     } else {
         Outcome::Audited
+    };
+    report(frame, pkt, outcome, bytes);
+    outcome
+}
+
+/// Sends an event for a dropped or audited packet when events are on and
+/// this CPU's token bucket allows. Off, it costs one read of a word of an
+/// array the verifier inlines; a full ring or an empty bucket is counted,
+/// never waited for.
+#[inline(always)]
+fn report(frame: &Frame, pkt: Judgeable, outcome: Outcome, bytes: u64) {
+    let Some(config) = EVENT_CONFIG.get(0) else {
+        return;
+    };
+    if config.enabled == 0 {
+        return;
     }
+    let Some(limiter) = EVENT_LIMITER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; no other writer while we run.
+    let limiter = unsafe { &mut *limiter };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let saved = limiter.budget_ns + now.wrapping_sub(limiter.last_ns);
+    let budget = if saved > config.burst_ns {
+        config.burst_ns
+    } else {
+        saved
+    };
+    limiter.last_ns = now;
+    if budget < config.ns_per_event {
+        limiter.budget_ns = budget;
+        limiter.limited += 1;
+        return;
+    }
+    limiter.budget_ns = budget - config.ns_per_event;
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        limiter.lost += 1;
+        return;
+    };
+    // The offsets pass through the entry's memory, which the verifier does
+    // not track: read back, they are bounded unknowns, so every parser path
+    // that reaches here is one state to the verifier, not one each (inlined
+    // with exact offsets, this tail doubled the programs' verification).
+    let scratch = entry.as_mut_ptr().cast::<u64>();
+    // SAFETY: the entry holds an Event, larger than two u64s.
+    let (l3, l4) = unsafe {
+        core::ptr::write_volatile(scratch, pkt.l3 as u64);
+        core::ptr::write_volatile(scratch.add(1), pkt.l4 as u64);
+        (
+            (core::ptr::read_volatile(scratch) & 0x3ff) as usize,
+            (core::ptr::read_volatile(scratch.add(1)) & 0x3ff) as usize,
+        )
+    };
+    // Two bytes, not one: a one-byte bounds check compiles to `ptr >= end`,
+    // which proves no byte readable at a variable offset.
+    let ipv6 = frame.bytes::<2>(l3).map_or(0, |b| u8::from(b[0] >> 4 == 6));
+    let src_addr = if ipv6 == 1 {
+        frame.bytes::<16>(l3 + 8).unwrap_or([0; 16])
+    } else {
+        let mut addr = [0u8; 16];
+        if let Some(v4) = frame.bytes::<4>(l3 + 12) {
+            addr[..4].copy_from_slice(&v4);
+        }
+        addr
+    };
+    let src_port = frame.bytes::<2>(l4).map_or(0, u16::from_be_bytes);
+    // SAFETY: a read of a loader-set constant; volatile so it is not folded.
+    let attach_id = unsafe { core::ptr::read_volatile(&raw const ATTACH_ID) };
+    entry.write(Event {
+        time_ns: now,
+        src_addr,
+        frame_len: bytes as u32,
+        attach_id,
+        src_port,
+        dst_port: pkt.dport,
+        proto: plane_proto(pkt.plane),
+        ipv6,
+        verdict: if outcome == Outcome::Dropped {
+            event_verdict::DROPPED
+        } else {
+            event_verdict::AUDITED
+        },
+        pad: 0,
+    });
+    entry.submit(0);
+    limiter.sent += 1;
 }
 
 #[inline(always)]

@@ -58,6 +58,8 @@ pub struct Judgeable {
     pub plane: u32,
     pub dport: u16,
     pub l3: usize,
+    /// Start of the transport header (its first two bytes: the source port).
+    pub l4: usize,
 }
 
 /// Where the source address of a judged packet sits: (offset, is IPv6).
@@ -202,11 +204,13 @@ fn ipv4(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
     if header_len + 4 > total_len {
         return Err(Malformed);
     }
-    let dport = dport_at(frame, offset + header_len)?;
+    let l4 = offset + header_len;
+    let dport = dport_at(frame, l4)?;
     Ok(Parsed::Port(Judgeable {
         plane,
         dport,
         l3: offset,
+        l4,
     }))
 }
 
@@ -270,10 +274,12 @@ fn ipv6(frame: &Frame, offset: usize) -> Result<Parsed, Malformed> {
     if ext_len + 4 > payload_len {
         return Err(Malformed);
     }
-    let dport = dport_at(frame, payload + ext_len)?;
+    let l4 = payload + ext_len;
+    let dport = dport_at(frame, l4)?;
     Ok(Parsed::Port(Judgeable {
         plane,
         dport,
         l3: offset,
+        l4,
     }))
 }

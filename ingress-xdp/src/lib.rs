@@ -15,6 +15,7 @@ pub mod config;
 pub mod constraint;
 pub mod docker;
 pub mod doctor;
+pub mod events;
 pub mod feed;
 pub mod fixed;
 pub mod health;

@@ -37,6 +37,9 @@ pub const MAP_ATTACH_STATS: &str = "ATTACH_STATS";
 pub const MAP_ATTACH_INFO: &str = "ATTACH_INFO";
 pub const MAP_RULE_ORIGIN: &str = "RULE_ORIGIN";
 pub const MAP_STATE: &str = "STATE";
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_EVENT_CONFIG: &str = "EVENT_CONFIG";
+pub const MAP_EVENT_LIMITER: &str = "EVENT_LIMITER";
 
 /// Kernel map types (enum bpf_map_type) that the layout uses.
 pub mod map_type {
@@ -44,6 +47,7 @@ pub mod map_type {
     pub const ARRAY: u32 = 2;
     pub const PERCPU_ARRAY: u32 = 6;
     pub const LPM_TRIE: u32 = 11;
+    pub const RINGBUF: u32 = 27;
 }
 
 const BPF_F_NO_PREALLOC: u32 = 1;
@@ -63,7 +67,7 @@ pub struct MapSpec {
 
 /// Every map of layout [`LAYOUT_VERSION`] (checked against the eBPF object
 /// by tests/verifier.rs).
-pub const LAYOUT: [MapSpec; 8] = [
+pub const LAYOUT: [MapSpec; 11] = [
     MapSpec {
         name: MAP_RULES,
         map_type: map_type::ARRAY,
@@ -125,6 +129,30 @@ pub const LAYOUT: [MapSpec; 8] = [
         map_type: map_type::ARRAY,
         key_size: 4,
         value_size: size_of::<StateInfo>() as u32,
+        max_entries: 1,
+        flags: 0,
+    },
+    MapSpec {
+        name: MAP_EVENTS,
+        map_type: map_type::RINGBUF,
+        key_size: 0,
+        value_size: 0,
+        max_entries: ingress_xdp_common::EVENT_RING_BYTES,
+        flags: 0,
+    },
+    MapSpec {
+        name: MAP_EVENT_CONFIG,
+        map_type: map_type::ARRAY,
+        key_size: 4,
+        value_size: size_of::<ingress_xdp_common::EventConfig>() as u32,
+        max_entries: 1,
+        flags: 0,
+    },
+    MapSpec {
+        name: MAP_EVENT_LIMITER,
+        map_type: map_type::PERCPU_ARRAY,
+        key_size: 4,
+        value_size: size_of::<ingress_xdp_common::EventLimiter>() as u32,
         max_entries: 1,
         flags: 0,
     },

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 mod docs;
 mod doctor;
+mod events;
 mod health;
 mod metrics;
 mod rules;
@@ -177,6 +178,29 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = crate::metrics::pinned::DEFAULT_MAX_RULE_SERIES)]
         max_rules: usize,
     },
+    /// Stream drop and audit events live: who sends to blocked ports.
+    ///
+    /// The programs send an event per dropped or audited packet while
+    /// events are on, rate-limited per CPU (the packet and rule counters stay
+    /// exact; events are a sample). Streaming turns them on for as long as it
+    /// runs if they were off. One reader at a time.
+    ///
+    /// Examples:
+    ///   ingress-xdp events                         # until interrupted
+    ///   ingress-xdp events --json --port 8080 --port 30000-32767/udp
+    ///   ingress-xdp events on --rate 200 --burst 50
+    ///   ingress-xdp events status
+    ///   ingress-xdp events off
+    #[command(verbatim_doc_comment)]
+    Events(events::EventsArgs),
+    /// The busiest sources per blocked port over a window, as a live table
+    /// (redrawn in place on a terminal, plain dated tables when piped).
+    ///
+    /// Examples:
+    ///   ingress-xdp top
+    ///   ingress-xdp top --interval 10 --port 443 --sources 20
+    #[command(verbatim_doc_comment)]
+    Top(events::TopArgs),
     /// Check this node: kernel, bpffs, privileges, pin directory, Docker,
     /// the sandbox, the attach points, ports and the agent. One line per
     /// check, each with what to do; exits 0 when all is well, 1 on
@@ -268,6 +292,8 @@ pub fn run(cli: Cli) -> Result<()> {
             metrics::cmd_metrics(&pins, output.as_deref(), max_rules)
         }
         Command::Doctor(args) => doctor::cmd_doctor(&pins, &args),
+        Command::Events(args) => events::cmd_events(&pins, &args),
+        Command::Top(args) => events::cmd_top(&pins, &args),
         Command::Completions { shell } => docs::cmd_completions(shell),
         Command::Man => docs::cmd_man(),
     }
