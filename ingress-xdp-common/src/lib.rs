@@ -291,7 +291,10 @@ pub const EVENT_RING_BYTES: u32 = 256 * 1024;
 pub struct EventConfig {
     /// 1: send events; 0: off (the fast path reads only this word).
     pub enabled: u32,
-    pub pad: u32,
+    /// Nanoseconds per jiffy (the coarse clock's resolution, from
+    /// clock_getres): the bucket runs on `bpf_jiffies64`, a fraction of the
+    /// cost of either ktime helper.
+    pub ns_per_jiffy: u32,
     /// Nanoseconds between events at the sustained rate, per CPU.
     pub ns_per_event: u64,
     /// Budget a CPU may save up: the burst, in nanoseconds.
@@ -303,7 +306,7 @@ pub struct EventConfig {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventLimiter {
-    /// `bpf_ktime_get_ns` of the last refill.
+    /// Time of the last refill, in ns (jiffies times `ns_per_jiffy`).
     pub last_ns: u64,
     /// Saved budget, at most `EventConfig::burst_ns`.
     pub budget_ns: u64,

@@ -41,12 +41,13 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// The map value (pure): a token is 1e9/rate ns of budget.
-    pub fn to_config(self) -> EventConfig {
+    /// The map value (pure): a token is 1e9/rate ns of budget; the program
+    /// measures time in jiffies of `ns_per_jiffy`.
+    pub fn to_config(self, ns_per_jiffy: u32) -> EventConfig {
         let ns_per_event = 1_000_000_000 / u64::from(self.rate.max(1));
         EventConfig {
             enabled: u32::from(self.enabled),
-            pad: 0,
+            ns_per_jiffy,
             ns_per_event,
             burst_ns: ns_per_event * u64::from(self.burst.max(1)),
         }
@@ -106,7 +107,7 @@ impl Switch {
     /// Takes effect at the next packet: the programs read the map each time.
     pub fn set(&mut self, settings: Settings) -> Result<()> {
         self.config
-            .set(0, settings.to_config(), 0)
+            .set(0, settings.to_config(ns_per_jiffy()?), 0)
             .context("writing EVENT_CONFIG (bpf map update)")
     }
 
@@ -186,6 +187,25 @@ pub fn decode(raw: &Event, mono_to_unix_ns: i128) -> Option<Record> {
     })
 }
 
+/// The length of a jiffy: the resolution of the coarse clock, which ticks
+/// with jiffies (1/CONFIG_HZ s).
+fn ns_per_jiffy() -> Result<u32> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a timespec to fill.
+    if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("clock_getres(CLOCK_MONOTONIC_COARSE)");
+    }
+    let ns = i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec);
+    u32::try_from(ns)
+        .ok()
+        .filter(|ns| *ns > 0)
+        .with_context(|| format!("a jiffy of {ns} ns"))
+}
+
 fn clock_ns(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -262,16 +282,23 @@ mod tests {
             rate: 1000,
             burst: 100,
         };
-        let c = s.to_config();
-        assert_eq!(c.ns_per_event, 1_000_000);
+        let c = s.to_config(4_000_000);
+        assert_eq!((c.ns_per_event, c.ns_per_jiffy), (1_000_000, 4_000_000));
         assert_eq!(c.burst_ns, 100_000_000);
         assert_eq!(Settings::from_config(&c), s);
         let never_set = Settings::from_config(&EventConfig::default());
         assert!(!never_set.enabled);
         assert_eq!(never_set.rate, DEFAULT_RATE);
         // A rate of 0 would divide by zero: it is taken as 1.
-        let slow = Settings { rate: 0, ..s }.to_config();
+        let slow = Settings { rate: 0, ..s }.to_config(4_000_000);
         assert_eq!(slow.ns_per_event, 1_000_000_000);
+    }
+
+    #[test]
+    fn a_jiffy_is_a_tick() {
+        let ns = ns_per_jiffy().unwrap();
+        // CONFIG_HZ is 100 to 1000.
+        assert!((1_000_000..=10_000_000).contains(&ns), "{ns}");
     }
 
     #[test]
