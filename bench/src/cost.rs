@@ -10,7 +10,10 @@
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use ingress_xdp::rules::RuleTable;
+use ingress_xdp::{
+    events::{self, Counts, Settings, Switch},
+    rules::RuleTable,
+};
 use ingress_xdp_common::MAX_RULE_COUNTERS;
 
 use crate::{
@@ -101,10 +104,13 @@ pub enum Subject {
     Minimal,
     /// The minimal check plus ingress-xdp's map accesses for a blocked port.
     MinimalMaps,
+    /// Ours XDP, 1 port, with drop events on at the default rate limit
+    /// (nearly every packet of a test run finds the bucket empty).
+    OursEvents,
 }
 
 impl Subject {
-    pub const ALL: [Subject; 11] = [
+    pub const ALL: [Subject; 12] = [
         Subject::Floor(Hook::Xdp),
         Subject::Floor(Hook::Tc),
         Subject::Ours(Hook::Xdp, Rules::One),
@@ -116,12 +122,15 @@ impl Subject {
         Subject::XdpFilter,
         Subject::Minimal,
         Subject::MinimalMaps,
+        Subject::OursEvents,
     ];
 
     pub fn hook(self) -> Hook {
         match self {
             Subject::Floor(h) | Subject::Ours(h, _) => h,
-            Subject::XdpFilter | Subject::Minimal | Subject::MinimalMaps => Hook::Xdp,
+            Subject::XdpFilter | Subject::Minimal | Subject::MinimalMaps | Subject::OursEvents => {
+                Hook::Xdp
+            }
         }
     }
 
@@ -138,6 +147,7 @@ impl Subject {
             Subject::XdpFilter => "xdp-filter",
             Subject::Minimal => "minimal port check",
             Subject::MinimalMaps => "minimal + our maps",
+            Subject::OursEvents => "ours XDP, events on",
         }
     }
 }
@@ -157,6 +167,9 @@ pub struct Cell {
 pub struct CostResults {
     pub frames: Vec<Frame>,
     pub cells: Vec<Cell>,
+    /// What the event limiter of the events-on table counted over every
+    /// trial, and the rule matches that had to send an event.
+    pub events: Option<(Counts, u64)>,
     /// The xdp-filter program that ran (name and id), for the report.
     pub xdp_filter_prog: String,
 }
@@ -235,6 +248,14 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
     let (xdp_few, xdp_many, xdp_counted) =
         (few.load_xdp(0)?, many.load_xdp(0)?, counted.load_xdp(0)?);
     let (tc_few, tc_many, tc_counted) = (few.load_tc(1)?, many.load_tc(1)?, counted.load_tc(1)?);
+    let with_events = Ours::with_blocks("bce", &Rules::One.specs())?;
+    let mut switch = Switch::open(with_events.pins())?;
+    switch.set(Settings {
+        enabled: true,
+        rate: events::DEFAULT_RATE,
+        burst: events::DEFAULT_BURST,
+    })?;
+    let xdp_events = with_events.load_xdp(0)?;
 
     let pair = Pair::new(RxSetup {
         queues: 1,
@@ -260,6 +281,7 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
             Subject::XdpFilter => Prog::Xdp(&filter_prog),
             Subject::Minimal => Prog::Xdp(reference.xdp(MINIMAL_DROP)?),
             Subject::MinimalMaps => Prog::Xdp(reference.xdp(MINIMAL_MAPS)?),
+            Subject::OursEvents => Prog::Xdp(ours::xdp(&xdp_events)?),
         })
     };
     let frames = frames::representative();
@@ -302,9 +324,26 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
         .join()
         .unwrap_or_else(|_| bail!("the part-1 thread panicked"))
     })?;
+    // Every rule match had to send an event: each is sent, held back or
+    // lost, and counted so (not guessed).
+    let counts = switch.counts()?;
+    let matched: u64 = RuleTable::open(with_events.pins())?
+        .ranges()?
+        .iter()
+        .map(|r| r.packets)
+        .sum();
+    if counts.sent + counts.limited + counts.lost != matched {
+        bail!(
+            "events: {} sent + {} held back + {} lost != {matched} rule matches",
+            counts.sent,
+            counts.limited,
+            counts.lost
+        );
+    }
     Ok(CostResults {
         frames,
         cells,
+        events: Some((counts, matched)),
         xdp_filter_prog: filter_info,
     })
 }
@@ -326,7 +365,7 @@ fn check_counted(ours: &Ours) -> Result<()> {
 
 /// A cost is meaningless if the program did the wrong thing.
 fn check_ours(subject: Subject, frame: &Frame, verdict: &str) -> Result<()> {
-    if matches!(subject, Subject::Ours(..)) && verdict != frame.ours {
+    if matches!(subject, Subject::Ours(..) | Subject::OursEvents) && verdict != frame.ours {
         bail!(
             "{} returned {verdict} for {:?}, expected {}",
             subject.name(),

@@ -78,6 +78,11 @@ pub fn evaluate(
             cost.and_then(|c| flatness(c, hook)),
         ));
     }
+    goals.push(Goal::new(
+        1,
+        "drop events on at the rate limit: <= 10 ns more per dropped packet than events off (ours XDP, blocked IPv4 SYN); every event sent, held back or lost is counted",
+        cost.and_then(events_cost),
+    ));
     let rate_of = |m: Method| rate?.iter().find(|r| r.method == m);
     let ratio = |a: Method, b: Method, pick: fn(&MethodResult) -> &Vec<f64>| {
         let (a, b) = (
@@ -238,6 +243,21 @@ fn tables() -> String {
 
 /// Ours XDP minus the minimal port check on the blocked SYN, trial by
 /// trial, for every rule table.
+fn events_cost(c: &CostResults) -> Option<(String, bool)> {
+    let f = c.frame_index(Kind::SynBlocked)?;
+    let d = c
+        .difference(Subject::OursEvents, Subject::Ours(Hook::Xdp, Rules::One), f)?
+        .median;
+    let (counts, matched) = c.events?;
+    Some((
+        format!(
+            "{d:+.1} ns; of {matched} rule matches {} sent, {} held back, {} lost (counted in the program)",
+            counts.sent, counts.limited, counts.lost
+        ),
+        d <= 10.0,
+    ))
+}
+
 fn near_minimal(c: &CostResults, limit: f64) -> Option<(String, bool)> {
     let f = c.frame_index(Kind::SynBlocked)?;
     let mut worst = f64::MIN;

@@ -196,6 +196,7 @@ fn part1(md: &mut String, run: &Run) {
         Subject::XdpFilter,
         Subject::Minimal,
         Subject::MinimalMaps,
+        Subject::OursEvents,
     ];
     let _ = writeln!(md, "### ns per packet above the floor\n");
     let header: Vec<&str> = subjects.iter().map(|s| s.name()).collect();

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 
-use super::{as_root, cargo, ensure_debian_packages, setup, status, workspace_root};
+use super::{as_root, ensure_debian_packages, setup, status, workspace_root};
 
 /// Debian packages the benchmark runs.
 const BENCH_PACKAGES: &[&str] = &[
@@ -50,14 +50,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
     setup(false)?;
     ensure_debian_packages(BENCH_PACKAGES)?;
     // The agent binary too: the control-plane part runs `ingress-xdp run`.
-    status(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "ingress-xdp",
-        "--package",
-        "ingress-xdp-bench",
-    ]))?;
+    crate::release_build()?;
     let bin = workspace_root().join("target/release/ingress-xdp-bench");
     let mut bench_args: Vec<String> = Vec::new();
     if args.quick {

@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::{cargo, output, status, workspace_root};
+use crate::{output, status, workspace_root};
 
 #[derive(clap::Args, Default)]
 pub struct ImageArgs {
@@ -33,7 +33,7 @@ pub fn archive_path() -> PathBuf {
 
 pub fn image(args: ImageArgs) -> Result<()> {
     crate::setup(false)?;
-    status(cargo().args(["build", "--release", "--package", "ingress-xdp"]))?;
+    crate::release_build()?;
     let bin = workspace_root().join("target/release/ingress-xdp");
     let work = workspace_root().join("target/image/build");
     if work.exists() {

@@ -15,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use crate::{cargo, output, status, workspace_root};
+use crate::{output, workspace_root};
 
 #[derive(clap::Args)]
 pub struct InstallArgs {
@@ -44,7 +44,7 @@ pub fn install(args: InstallArgs) -> Result<()> {
         Some(bin) => bin,
         None => {
             crate::setup(false)?;
-            status(cargo().args(["build", "--release", "--package", "ingress-xdp"]))?;
+            crate::release_build()?;
             workspace_root().join("target/release/ingress-xdp")
         }
     };
