@@ -688,6 +688,9 @@ impl Agent {
                         backoff = Duration::from_millis(250);
                         if events.is_none() {
                             events = self.events().await;
+                            // A change between this sync's read and the
+                            // subscription has no event: sync once more.
+                            dirty = events.is_some();
                         }
                         match &self.feed {
                             None => feed_state = None,
