@@ -171,3 +171,52 @@ fn a_pinned_map_of_another_shape_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not what layout 2 needs"));
 }
+
+/// Threads (or processes) that all find bpffs missing, as on a new node
+/// the first `block` and the agent starting together, mount it once: a
+/// second mount on top would hide what is pinned in the first. Sixteen
+/// threads released at once onto a directory of this test's own.
+#[test]
+fn those_who_find_bpffs_missing_together_mount_it_once() {
+    use std::sync::Barrier;
+
+    support::require_root();
+    let tmp = support::pki::TempDir::new("owbf");
+    let root = tmp.path.join("bpf");
+    let _unmount = Unmount(root.clone());
+    let start = Barrier::new(16);
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                start.wait();
+                ingress_xdp::sys::ensure_bpffs_mounted_at(&root).unwrap();
+            });
+        }
+    });
+    assert_eq!(mounts_at(&root), 1, "bpffs mounts at {}", root.display());
+    assert!(ingress_xdp::sys::is_bpffs(&root));
+}
+
+fn mounts_at(dir: &std::path::Path) -> usize {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_str().unwrap();
+    mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(dir))
+        .count()
+}
+
+/// Unmounts everything stacked at its path, even when the test fails.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        while mounts_at(&self.0) > 0 {
+            let c = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string; a lazy unmount of our own mount.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+                break;
+            }
+        }
+    }
+}

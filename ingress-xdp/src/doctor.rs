@@ -25,6 +25,7 @@ use crate::{
     bpf, docker,
     health::{self, Heartbeat},
     mountinfo::{self, Mount},
+    netlink,
     pins::{self, Found, Pins},
     preflight::{self, Propagation},
     rules::{Mode, RuleTable},
@@ -953,7 +954,7 @@ fn interface_programs(
     ours: &[u32],
 ) -> (Option<String>, Vec<(Hook, u32)>) {
     let driver = sys::driver_name(iface).ok();
-    let xdp = sys::xdp_prog_ids(ifindex).unwrap_or_default();
+    let xdp = netlink::xdp_prog_ids(ifindex).unwrap_or_default();
     let tcx = bpf::tcx_ingress_prog_ids(ifindex).unwrap_or_default();
     let foreign = xdp
         .into_iter()

@@ -22,6 +22,7 @@ pub mod health;
 pub mod metrics;
 pub mod model;
 pub mod mountinfo;
+pub mod netlink;
 pub mod pins;
 pub mod policy;
 pub mod preflight;

@@ -40,13 +40,24 @@ pub fn is_bpffs(path: &Path) -> bool {
 
 /// Mounts bpffs at /sys/fs/bpf unless it is there already, as Cilium does.
 pub fn ensure_bpffs_mounted() -> Result<()> {
-    let root = Path::new(BPFFS_ROOT);
+    ensure_bpffs_mounted_at(Path::new(BPFFS_ROOT))
+}
+
+/// Mounts bpffs at `root` unless it is there already. Two processes (or
+/// threads) that both found it missing would stack two mounts, the second
+/// hiding what is pinned in the first, so it mounts under a lock of the
+/// parent directory and looks again once the lock is held.
+pub fn ensure_bpffs_mounted_at(root: &Path) -> Result<()> {
     if is_bpffs(root) {
         return Ok(());
     }
-    std::fs::create_dir_all(root).with_context(|| format!("creating {BPFFS_ROOT}"))?;
+    std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+    let _lock = DirLock::acquire(root.parent().unwrap_or(root))?;
+    if is_bpffs(root) {
+        return Ok(());
+    }
     let src = CString::new("bpf")?;
-    let target = CString::new(BPFFS_ROOT)?;
+    let target = CString::new(root.as_os_str().as_encoded_bytes())?;
     let data = CString::new("mode=0700")?;
     // SAFETY: valid C strings.
     let rc = unsafe {
@@ -59,10 +70,11 @@ pub fn ensure_bpffs_mounted() -> Result<()> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("mount -t bpf bpf {BPFFS_ROOT} (bpffs is not mounted)"));
+        return Err(std::io::Error::last_os_error()).with_context(|| {
+            format!("mount -t bpf bpf {} (bpffs is not mounted)", root.display())
+        });
     }
-    tracing::info!("mounted bpffs at {BPFFS_ROOT}");
+    tracing::info!("mounted bpffs at {}", root.display());
     Ok(())
 }
 
@@ -323,88 +335,6 @@ pub fn driver_name(name: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&driver[..end]).into_owned())
 }
 
-/// Ids of the XDP programs on interface `ifindex` in the calling thread's
-/// namespace, whichever way they were attached (bpf_link or netlink; any
-/// mode), from the kernel's RTM_GETLINK answer (IFLA_XDP).
-pub fn xdp_prog_ids(ifindex: u32) -> Result<Vec<u32>> {
-    const RTM_GETLINK: u16 = 18;
-    const NLM_F_REQUEST: u16 = 1;
-    const IFLA_XDP: u16 = 43;
-    // IFLA_XDP_PROG_ID, _DRV_PROG_ID, _SKB_PROG_ID, _HW_PROG_ID
-    const PROG_ID_ATTRS: [u16; 4] = [4, 5, 6, 7];
-    // SAFETY: a netlink socket, closed on drop.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket(AF_NETLINK, NETLINK_ROUTE)");
-    }
-    // SAFETY: the fd is ours.
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    // nlmsghdr (16 bytes) + ifinfomsg (16 bytes).
-    let mut req = [0u8; 32];
-    req[0..4].copy_from_slice(&32u32.to_ne_bytes());
-    req[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
-    req[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
-    req[20..24].copy_from_slice(&(ifindex as i32).to_ne_bytes());
-    // SAFETY: sending our buffer on our socket (to the kernel: no address).
-    if unsafe { libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("netlink RTM_GETLINK of ifindex {ifindex}"));
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: receiving into our buffer.
-    let got = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if got < 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("netlink answer to RTM_GETLINK of ifindex {ifindex}"));
-    }
-    let msg = &buf[..got as usize];
-    let u16_at = |b: &[u8], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
-    if msg.len() < 16 {
-        bail!("short netlink answer to RTM_GETLINK of ifindex {ifindex}");
-    }
-    if u16_at(msg, 4) == libc::NLMSG_ERROR as u16 {
-        let errno = i32::from_ne_bytes(msg[16..20].try_into().expect("4 bytes"));
-        return Err(std::io::Error::from_raw_os_error(-errno))
-            .with_context(|| format!("netlink RTM_GETLINK of ifindex {ifindex}"));
-    }
-    let len = (u32::from_ne_bytes(msg[0..4].try_into().expect("4 bytes")) as usize).min(msg.len());
-    let mut ids = Vec::new();
-    for (kind, value) in rtattrs(&msg[32.min(len)..len]) {
-        if kind & 0x3fff == IFLA_XDP {
-            for (inner, v) in rtattrs(value) {
-                if PROG_ID_ATTRS.contains(&inner) && v.len() >= 4 {
-                    let id = u32::from_ne_bytes(v[..4].try_into().expect("4 bytes"));
-                    if id != 0 && !ids.contains(&id) {
-                        ids.push(id);
-                    }
-                }
-            }
-        }
-    }
-    Ok(ids)
-}
-
-/// The (type, payload) of each netlink attribute in `bytes` (4-aligned).
-fn rtattrs(mut bytes: &[u8]) -> Vec<(u16, &[u8])> {
-    let mut out = Vec::new();
-    while bytes.len() >= 4 {
-        let len = u16::from_ne_bytes([bytes[0], bytes[1]]) as usize;
-        let kind = u16::from_ne_bytes([bytes[2], bytes[3]]);
-        if len < 4 || len > bytes.len() {
-            break;
-        }
-        out.push((kind, &bytes[4..len]));
-        bytes = bytes.get(len.div_ceil(4) * 4..).unwrap_or_default();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,28 +354,6 @@ mod tests {
         let table = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 ens3\n\
             00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n";
         assert_eq!(parse_ipv6_default_route(table).as_deref(), Some("ens3"));
-    }
-
-    #[test]
-    fn netlink_attributes_nest_and_pad() {
-        // IFLA_XDP (43) holding IFLA_XDP_ATTACHED (2, u8, padded) and
-        // IFLA_XDP_PROG_ID (4, u32), then IFLA_MTU (4, u32).
-        let mut inner = vec![5, 0, 2, 0, 1, 0, 0, 0];
-        inner.extend([8, 0, 4, 0]);
-        inner.extend(77u32.to_ne_bytes());
-        let mut outer = ((inner.len() + 4) as u16).to_ne_bytes().to_vec();
-        outer.extend(43u16.to_ne_bytes());
-        outer.extend(&inner);
-        outer.extend([8, 0, 4, 0]);
-        outer.extend(1500u32.to_ne_bytes());
-        let attrs = rtattrs(&outer);
-        assert_eq!(attrs.len(), 2);
-        assert_eq!(attrs[0].0, 43);
-        let nested = rtattrs(attrs[0].1);
-        assert_eq!(nested[0], (2, &[1u8][..]));
-        assert_eq!(nested[1], (4, &77u32.to_ne_bytes()[..]));
-        assert_eq!(attrs[1], (4, &1500u32.to_ne_bytes()[..]));
-        assert!(rtattrs(&[3, 0, 1]).is_empty(), "a cut attribute is dropped");
     }
 
     #[test]
