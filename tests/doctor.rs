@@ -7,14 +7,17 @@
 //! sandbox path and the Docker host pointed at things the test made (or at
 //! paths that do not exist). Nothing of the machine's own is touched.
 //!
-//! * `a_node_with_the_agent_warns_only_on_the_netns_mount`: a real one-node
-//!   swarm and agent; docker, sandbox, attach points and agent are ok, and
-//!   the exit status is 1 (warnings only); pointed at a sandbox path that
-//!   does not exist on that swarm node, the sandbox check fails.
+//! * `a_node_with_the_agent_warns_only_on_the_netns_mount_then_passes`: a
+//!   real one-node swarm and agent; docker, sandbox, attach points and agent
+//!   are ok, and the exit status is 1 (warnings only); with the netns
+//!   directory made shared, as the warning says, every check is ok and the
+//!   exit status is 0; pointed at a sandbox path that does not exist on that
+//!   swarm node, the sandbox check fails.
 //! * `a_newer_layout_fails`, `a_pin_dir_off_bpffs_or_with_a_wrong_map_fails`,
 //!   `a_point_of_another_build_warns`,
 //!   `a_gone_point_fails`, `generic_where_native_works_warns`,
-//!   `programs_from_another_pin_dir_are_foreign`,
+//!   `programs_from_another_pin_dir_are_foreign` (XDP, TCX and a classic tc
+//!   filter),
 //!   `a_blocked_port_in_the_ephemeral_range_warns`,
 //!   `a_private_netns_dir_fails`, `a_sandbox_that_is_not_a_namespace_fails`,
 //!   `no_agent_warns_and_a_dead_or_stuck_one_fails`,
@@ -28,6 +31,10 @@ mod support;
 
 use std::{path::Path, process::Output, time::Duration};
 
+use aya::programs::{
+    SchedClassifier,
+    tc::{self, NlOptions, TcAttachOptions, TcAttachType},
+};
 use serde_json::Value;
 use support::{Netns, TestPins, agent::AgentProc, docker::Dockerd, pki::TempDir};
 
@@ -165,7 +172,7 @@ impl Report {
 }
 
 #[test]
-fn a_node_with_the_agent_warns_only_on_the_netns_mount() {
+fn a_node_with_the_agent_warns_only_on_the_netns_mount_then_passes() {
     support::require_root();
     let d = Dockerd::start("drk");
     d.swarm_init();
@@ -212,6 +219,19 @@ fn a_node_with_the_agent_warns_only_on_the_netns_mount() {
         .collect();
     assert_eq!(not_ok, ["netns directory"], "{:#}", report.json);
     report.exits(1, "warn");
+
+    // The fix doctor names, applied: Docker's netns directory a shared
+    // mount (recursively, as dockerd already runs: the sandbox's bind stays
+    // visible). Now every check is ok and doctor exits 0.
+    let netns_dir = d.sbox_netns().parent().unwrap().to_path_buf();
+    support::sh(&format!(
+        "mount --rbind {n} {n} && mount --make-rshared {n}",
+        n = netns_dir.display()
+    ));
+    let healthy = doctor();
+    healthy.has("netns directory", "ok", "shared");
+    healthy.has("sandbox", "ok", "default route on eth1");
+    healthy.exits(0, "ok");
 
     // A swarm node whose sandbox is not where doctor looks (an agent's
     // container without Docker's netns directory bound).
@@ -334,6 +354,35 @@ fn programs_from_another_pin_dir_are_foreign() {
         "warn",
         &format!("tc program {tc_prog}"),
     );
+
+    // A classic `tc filter ... bpf` (cls_bpf on clsact), as older tools
+    // attach classifiers: our own classifier, loaded again beside the other
+    // pin directory's maps and attached through netlink. Everything runs in
+    // the node's namespace, so the filter is also removed there.
+    let report = ingress_xdp::sys::in_netns(Some(&n.node.path()), || {
+        let mut ebpf = ingress_xdp::pins::load_object(&other.pins.layout_dir(), 9)?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(ingress_xdp::pins::PROG_TC)
+            .unwrap()
+            .try_into()?;
+        prog.load()?;
+        let id = prog.info()?.id();
+        tc::qdisc_add_clsact("dr0")?;
+        prog.attach_with_options(
+            "dr0",
+            TcAttachType::Ingress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )?;
+        Ok((id, n.doctor()))
+    })
+    .unwrap();
+    let (filter_prog, report) = report;
+    report.has(
+        "other programs",
+        "warn",
+        &format!("tc filter program {filter_prog} (cls_bpf)"),
+    );
+    report.has("other programs", "warn", "tc filter show dev dr0 ingress");
 }
 
 #[test]

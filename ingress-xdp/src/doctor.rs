@@ -32,24 +32,7 @@ use crate::{
     sys,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Ok,
-    Warn,
-    Fail,
-}
-
-impl Level {
-    /// The exit status `doctor` ends with when this is the worst level.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Level::Ok => 0,
-            Level::Warn => 1,
-            Level::Fail => 2,
-        }
-    }
-}
+pub use crate::health::Level;
 
 /// One verdict: what was found and what to do about it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -215,9 +198,40 @@ pub struct PointSeen {
     pub build: String,
     /// The interface's driver (ethtool -i), when it could be read.
     pub driver: Option<String>,
-    /// Programs on the same interface (XDP or TCX ingress) that no attach
-    /// point of this pin directory holds: (hook, program id).
-    pub foreign: Vec<(Hook, u32)>,
+    /// Programs on the same interface that no attach point of this pin
+    /// directory holds.
+    pub foreign: Vec<OtherProgram>,
+}
+
+/// A program on an attach point's interface that is not ours.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtherProgram {
+    /// On the XDP hook (any mode, bpf_link or netlink).
+    Xdp(u32),
+    /// On TCX ingress.
+    Tcx(u32),
+    /// A classic `tc filter ... bpf` (cls_bpf) at ingress; 0 for classic
+    /// BPF bytecode, which has no program id.
+    TcFilter(u32),
+}
+
+impl std::fmt::Display for OtherProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OtherProgram::Xdp(id) => write!(f, "xdp program {id}"),
+            OtherProgram::Tcx(id) => write!(f, "tc program {id}"),
+            OtherProgram::TcFilter(0) => write!(f, "a tc filter of classic BPF bytecode"),
+            OtherProgram::TcFilter(id) => write!(f, "tc filter program {id} (cls_bpf)"),
+        }
+    }
+}
+
+impl OtherProgram {
+    fn id(self) -> u32 {
+        match self {
+            OtherProgram::Xdp(id) | OtherProgram::Tcx(id) | OtherProgram::TcFilter(id) => id,
+        }
+    }
 }
 
 /// Everything [`checks`] judges, read by [`gather`].
@@ -668,11 +682,7 @@ fn point_checks(points: &[PointSeen]) -> Vec<Check> {
             ));
         }
         if !p.foreign.is_empty() {
-            let list: Vec<String> = p
-                .foreign
-                .iter()
-                .map(|(hook, id)| format!("{hook} program {id}"))
-                .collect();
+            let list: Vec<String> = p.foreign.iter().map(ToString::to_string).collect();
             out.push(warn(
                 "other programs",
                 format!(
@@ -680,8 +690,12 @@ fn point_checks(points: &[PointSeen]) -> Vec<Check> {
                     p.name,
                     list.join(", ")
                 ),
-                "find its owner (bpftool prog show id N; bpftool link): an XDP program runs \
-                 before ours and may pass or redirect what we should drop",
+                format!(
+                    "find its owner (bpftool prog show id N; bpftool link; tc filter show dev {} \
+                     ingress): an XDP program runs before ours and may pass or redirect what we \
+                     should drop",
+                    p.iface
+                ),
             ));
         }
     }
@@ -952,15 +966,17 @@ fn interface_programs(
     iface: &str,
     ifindex: u32,
     ours: &[u32],
-) -> (Option<String>, Vec<(Hook, u32)>) {
+) -> (Option<String>, Vec<OtherProgram>) {
     let driver = sys::driver_name(iface).ok();
     let xdp = netlink::xdp_prog_ids(ifindex).unwrap_or_default();
     let tcx = bpf::tcx_ingress_prog_ids(ifindex).unwrap_or_default();
+    let filters = netlink::tc_filter_prog_ids(ifindex).unwrap_or_default();
     let foreign = xdp
         .into_iter()
-        .map(|id| (Hook::Xdp, id))
-        .chain(tcx.into_iter().map(|id| (Hook::Tc, id)))
-        .filter(|(_, id)| !ours.contains(id))
+        .map(OtherProgram::Xdp)
+        .chain(tcx.into_iter().map(OtherProgram::Tcx))
+        .chain(filters.into_iter().map(OtherProgram::TcFilter))
+        .filter(|p| p.id() == 0 || !ours.contains(&p.id()))
         .collect();
     (driver, foreign)
 }
@@ -1175,7 +1191,7 @@ mod tests {
             (
                 "other programs",
                 Level::Warn,
-                Box::new(|o| o.points[0].foreign = vec![(Hook::Tc, 9)]),
+                Box::new(|o| o.points[0].foreign = vec![OtherProgram::Tcx(9)]),
             ),
             (
                 "ports",

@@ -61,12 +61,33 @@ pub fn read(dir: &Path) -> Result<Option<Heartbeat>> {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+/// How a check of `health` or `doctor` came out, in order of gravity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Level {
     Ok,
     Warn,
     Fail,
+}
+
+impl Level {
+    /// The exit status `doctor` ends with when this is the worst level.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Level::Ok => 0,
+            Level::Warn => 1,
+            Level::Fail => 2,
+        }
+    }
+
+    /// The word that starts a check's line (a failure stands out).
+    pub fn label(self) -> &'static str {
+        match self {
+            Level::Ok => "ok",
+            Level::Warn => "warn",
+            Level::Fail => "FAIL",
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use super::*;
-use crate::doctor::{self, Level, Where};
+use crate::doctor::{self, Where};
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -46,11 +46,7 @@ pub(super) fn cmd_doctor(pins: &Pins, args: &DoctorArgs) -> Result<()> {
         write_json(&serde_json::json!({ "checks": checks, "worst": worst }))?;
     } else {
         for c in &checks {
-            let level = match c.level {
-                Level::Ok => "ok",
-                Level::Warn => "warn",
-                Level::Fail => "FAIL",
-            };
+            let level = c.level.label();
             if c.fix.is_empty() {
                 println!("{level:<4} {}: {}", c.name, c.found);
             } else {

@@ -27,11 +27,7 @@ pub(super) fn cmd_health(pins: &Pins, run_dir: &Path, max_age: u64, json: bool) 
         write_json(&serde_json::json!({ "healthy": healthy, "checks": checks }))?;
     } else {
         for c in &checks {
-            let level = match c.level {
-                Level::Ok => "ok",
-                Level::Warn => "warn",
-                Level::Fail => "FAIL",
-            };
+            let level = c.level.label();
             println!("{level:<4} {}: {}", c.name, c.detail);
         }
     }
