@@ -8,8 +8,13 @@ pub(super) fn cmd_metrics(pins: &Pins, output: Option<&Path>, max_rules: usize) 
     sys::require_root()?;
     pins.require()?;
     // Fail loudly here rather than print pinned_state_up 0.
-    crate::metrics::pinned::Snapshot::read(pins)?;
-    let text = crate::metrics::render(&crate::metrics::registry(pins, max_rules, None));
+    let snapshot = crate::metrics::pinned::Snapshot::read(pins)?;
+    let text = crate::metrics::render(&crate::metrics::registry_with(
+        pins,
+        max_rules,
+        None,
+        Some(snapshot),
+    ));
     let Some(path) = output else {
         print!("{text}");
         return Ok(());

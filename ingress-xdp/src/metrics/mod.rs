@@ -200,6 +200,17 @@ impl Collector for FeedCollector {
 /// The registry `run` serves: build info, the pinned state and, with an
 /// agent, its own metrics.
 pub fn registry(pins: &Pins, max_rule_series: usize, agent: Option<&AgentMetrics>) -> Registry {
+    registry_with(pins, max_rule_series, agent, None)
+}
+
+/// [`registry`] whose first rendering uses `snapshot`, already read (the
+/// one-shot `metrics` reads the maps once, to fail loudly, and no more).
+pub fn registry_with(
+    pins: &Pins,
+    max_rule_series: usize,
+    agent: Option<&AgentMetrics>,
+    snapshot: Option<pinned::Snapshot>,
+) -> Registry {
     let mut registry = Registry::with_prefix(PREFIX);
     registry.register(
         "build",
@@ -213,6 +224,7 @@ pub fn registry(pins: &Pins, max_rule_series: usize, agent: Option<&AgentMetrics
     registry.register_collector(Box::new(pinned::PinnedState::new(
         pins.clone(),
         max_rule_series,
+        snapshot,
     )));
     if let Some(agent) = agent {
         agent.register(&mut registry);

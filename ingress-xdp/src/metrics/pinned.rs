@@ -352,22 +352,29 @@ fn gauges(
 }
 
 /// The collector `run` and `metrics` register: a fresh [`Snapshot`] per
-/// scrape (the maps are reopened, so a migration is followed).
+/// scrape (the maps are reopened, so a migration is followed), except that
+/// a snapshot already read is used for the first.
 #[derive(Debug)]
 pub struct PinnedState {
     pins: Pins,
     max_rules: usize,
+    taken: std::sync::Mutex<Option<Snapshot>>,
 }
 
 impl PinnedState {
-    pub fn new(pins: Pins, max_rules: usize) -> Self {
-        Self { pins, max_rules }
+    pub fn new(pins: Pins, max_rules: usize, taken: Option<Snapshot>) -> Self {
+        Self {
+            pins,
+            max_rules,
+            taken: std::sync::Mutex::new(taken),
+        }
     }
 }
 
 impl Collector for PinnedState {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let snapshot = Snapshot::read(&self.pins);
+        let taken = self.taken.lock().ok().and_then(|mut t| t.take());
+        let snapshot = taken.map_or_else(|| Snapshot::read(&self.pins), Ok);
         gauges(
             &mut encoder,
             "pinned_state_up",
