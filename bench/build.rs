@@ -11,6 +11,7 @@ mod build_ebpf;
 
 fn main() -> anyhow::Result<()> {
     build_reference_programs()?;
+    build_programs_without_events()?;
     name_the_agent_binary()
 }
 
@@ -20,6 +21,17 @@ fn build_reference_programs() -> anyhow::Result<()> {
         "ingress-xdp-bench-ebpf",
         "ingress-xdp-bench-progs",
         &Path::new(&manifest_dir).join("ebpf"),
+    )
+}
+
+/// ingress-xdp's own programs with the drop-event code compiled out (the
+/// crate's second binary), for the "events off costs nothing" row.
+fn build_programs_without_events() -> anyhow::Result<()> {
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR")?;
+    build_ebpf::build(
+        "ingress-xdp-ebpf",
+        "ingress-xdp-no-events",
+        &Path::new(&manifest_dir).join("../ingress-xdp-ebpf"),
     )
 }
 

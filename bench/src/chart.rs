@@ -156,7 +156,10 @@ fn cost_panel(run: &Run) -> Panel {
 
 fn method_color(m: Method) -> RGBColor {
     match m {
-        Method::OursTc | Method::OursXdpGeneric | Method::OursXdpNative => OURS,
+        Method::OursTc
+        | Method::OursXdpGeneric
+        | Method::OursXdpNative
+        | Method::OursXdpNativeEvents => OURS,
         Method::MinimalDrop | Method::MinimalMaps | Method::BareDrop => CEILING,
         _ => OTHER,
     }

@@ -107,10 +107,13 @@ pub enum Subject {
     /// Ours XDP, 1 port, with drop events on at the default rate limit
     /// (nearly every packet of a test run finds the bucket empty).
     OursEvents,
+    /// Ours XDP, 1 port, built with the event code compiled out: beside
+    /// `Ours(Xdp, One)` (events off), what the switched-off code costs.
+    OursNoEventCode,
 }
 
 impl Subject {
-    pub const ALL: [Subject; 12] = [
+    pub const ALL: [Subject; 13] = [
         Subject::Floor(Hook::Xdp),
         Subject::Floor(Hook::Tc),
         Subject::Ours(Hook::Xdp, Rules::One),
@@ -123,14 +126,17 @@ impl Subject {
         Subject::Minimal,
         Subject::MinimalMaps,
         Subject::OursEvents,
+        Subject::OursNoEventCode,
     ];
 
     pub fn hook(self) -> Hook {
         match self {
             Subject::Floor(h) | Subject::Ours(h, _) => h,
-            Subject::XdpFilter | Subject::Minimal | Subject::MinimalMaps | Subject::OursEvents => {
-                Hook::Xdp
-            }
+            Subject::XdpFilter
+            | Subject::Minimal
+            | Subject::MinimalMaps
+            | Subject::OursEvents
+            | Subject::OursNoEventCode => Hook::Xdp,
         }
     }
 
@@ -148,6 +154,7 @@ impl Subject {
             Subject::Minimal => "minimal port check",
             Subject::MinimalMaps => "minimal + our maps",
             Subject::OursEvents => "ours XDP, events on",
+            Subject::OursNoEventCode => "ours XDP, no event code",
         }
     }
 }
@@ -256,6 +263,7 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
         burst: events::DEFAULT_BURST,
     })?;
     let xdp_events = with_events.load_xdp(0)?;
+    let xdp_no_event_code = few.load_xdp_without_events(0)?;
 
     let pair = Pair::new(RxSetup {
         queues: 1,
@@ -282,6 +290,7 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
             Subject::Minimal => Prog::Xdp(reference.xdp(MINIMAL_DROP)?),
             Subject::MinimalMaps => Prog::Xdp(reference.xdp(MINIMAL_MAPS)?),
             Subject::OursEvents => Prog::Xdp(ours::xdp(&xdp_events)?),
+            Subject::OursNoEventCode => Prog::Xdp(ours::xdp(&xdp_no_event_code)?),
         })
     };
     let frames = frames::representative();
@@ -365,7 +374,11 @@ fn check_counted(ours: &Ours) -> Result<()> {
 
 /// A cost is meaningless if the program did the wrong thing.
 fn check_ours(subject: Subject, frame: &Frame, verdict: &str) -> Result<()> {
-    if matches!(subject, Subject::Ours(..) | Subject::OursEvents) && verdict != frame.ours {
+    if matches!(
+        subject,
+        Subject::Ours(..) | Subject::OursEvents | Subject::OursNoEventCode
+    ) && verdict != frame.ours
+    {
         bail!(
             "{} returned {verdict} for {:?}, expected {}",
             subject.name(),

@@ -10,7 +10,10 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use ingress_xdp::attach::{self, Hook, Target, XdpModeChoice};
+use ingress_xdp::{
+    attach::{self, Hook, Target, XdpModeChoice},
+    events::{self, Settings, Switch},
+};
 
 use crate::{
     counters::Counter,
@@ -31,13 +34,14 @@ pub enum Method {
     OursTc,
     OursXdpGeneric,
     OursXdpNative,
+    OursXdpNativeEvents,
     MinimalDrop,
     MinimalMaps,
     BareDrop,
 }
 
 impl Method {
-    pub const ALL: [Method; 11] = [
+    pub const ALL: [Method; 12] = [
         Method::None,
         Method::IptablesInput,
         Method::IptablesRaw,
@@ -46,6 +50,7 @@ impl Method {
         Method::OursTc,
         Method::OursXdpGeneric,
         Method::OursXdpNative,
+        Method::OursXdpNativeEvents,
         Method::MinimalDrop,
         Method::MinimalMaps,
         Method::BareDrop,
@@ -62,6 +67,7 @@ impl Method {
             Method::OursTc => "ours, tc",
             Method::OursXdpGeneric => "ours, XDP generic",
             Method::OursXdpNative => "ours, XDP native",
+            Method::OursXdpNativeEvents => "ours, XDP native, events on",
             Method::MinimalDrop => "minimal XDP port check",
             Method::MinimalMaps => "minimal check + our maps",
             Method::BareDrop => "bare XDP_DROP",
@@ -79,6 +85,11 @@ impl Method {
             Method::OursTc => "`ingress-xdp attach --hook tc` (TCX) + `block P`",
             Method::OursXdpGeneric => "`ingress-xdp attach --xdp-mode generic` + `block P`",
             Method::OursXdpNative => "`ingress-xdp attach --xdp-mode native` + `block P`",
+            Method::OursXdpNativeEvents => {
+                "as \"ours, XDP native\", plus `ingress-xdp events on` (the default rate limit) \
+                 with nobody reading the ring: the worst case, a full ring, each event lost \
+                 and counted"
+            }
             Method::MinimalDrop => {
                 "an XDP program that reads the TCP port at a fixed offset and drops on a match \
                  (no parsing, no map, no counter): the cost of touching the packet"
@@ -138,9 +149,16 @@ impl Method {
                     Guard::XdpFilter { _filter: filter },
                 ))
             }
-            Method::OursTc => attach_ours(pair, ours, Hook::Tc, XdpModeChoice::Auto),
-            Method::OursXdpGeneric => attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Generic),
-            Method::OursXdpNative => attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Native),
+            Method::OursTc => attach_ours(pair, ours, Hook::Tc, XdpModeChoice::Auto, false),
+            Method::OursXdpGeneric => {
+                attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Generic, false)
+            }
+            Method::OursXdpNative => {
+                attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Native, false)
+            }
+            Method::OursXdpNativeEvents => {
+                attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Native, true)
+            }
             Method::MinimalDrop => attach_reference(pair, MINIMAL_DROP),
             Method::MinimalMaps => attach_reference(pair, MINIMAL_MAPS),
             Method::BareDrop => attach_reference(pair, BARE_DROP),
@@ -162,7 +180,9 @@ enum Guard<'a> {
     XdpFilter {
         _filter: XdpFilter<'a>,
     },
-    Ours(&'a Ours),
+    /// Ours, and the event switch when drop events were switched on (they
+    /// are switched off again before the detach).
+    Ours(&'a Ours, Option<Switch>),
     /// Detached when the object is dropped.
     Program {
         _ebpf: Ebpf,
@@ -171,19 +191,40 @@ enum Guard<'a> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        if let Guard::Ours(ours) = self
-            && let Err(e) = attach::detach_all(ours.pins())
+        let Guard::Ours(ours, switch) = self else {
+            return;
+        };
+        // The table is shared by every method: leave events off.
+        if let Some(switch) = switch
+            && let Err(e) = switch.set(Settings {
+                enabled: false,
+                ..events_on()
+            })
         {
+            eprintln!("bench: switching drop events off: {e:#}");
+        }
+        if let Err(e) = attach::detach_all(ours.pins()) {
             eprintln!("bench: detaching ingress-xdp: {e:#}");
         }
     }
 }
 
+fn events_on() -> Settings {
+    Settings {
+        enabled: true,
+        rate: events::DEFAULT_RATE,
+        burst: events::DEFAULT_BURST,
+    }
+}
+
+/// Attaches ours; with `events`, drop events are switched on (the default
+/// rate limit) until the guard drops.
 fn attach_ours<'a>(
     pair: &Pair,
     ours: &'a Ours,
     hook: Hook,
     mode: XdpModeChoice,
+    events: bool,
 ) -> Result<Installed<'a>> {
     let target = Target {
         netns: Some(pair.rx.path()),
@@ -193,12 +234,22 @@ fn attach_ours<'a>(
         let _lock = ours.pins().lock()?;
         attach::attach(ours.pins(), &target, hook, mode)?
     };
+    // The guard exists before events are switched on, so a failure to
+    // switch still detaches.
+    let mut guard = Guard::Ours(ours, None);
+    if events {
+        let mut switch = Switch::open(ours.pins())?;
+        switch.set(events_on())?;
+        if let Guard::Ours(_, slot) = &mut guard {
+            *slot = Some(switch);
+        }
+    }
     Ok(Installed {
         counter: Counter::Ours {
             pins: ours.pins().clone(),
             point: report.point.id,
         },
-        _guard: Guard::Ours(ours),
+        _guard: guard,
     })
 }
 

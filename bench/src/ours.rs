@@ -7,12 +7,16 @@ use aya::{
     programs::{SchedClassifier, Xdp},
 };
 use ingress_xdp::{
-    pins::{PROG_TC, PROG_XDP, Pins, load_object},
+    pins::{PROG_TC, PROG_XDP, Pins, load_object, load_object_bytes},
     rules::{Mode, RuleSpec, RuleTable},
     spec::PortSpec,
 };
 
 use crate::support::TestPins;
+
+/// ingress-xdp-ebpf's second binary: the same programs, `EVENTS = false`.
+static WITHOUT_EVENTS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress-xdp-no-events"));
 
 pub struct Ours {
     pins: TestPins,
@@ -57,6 +61,19 @@ impl Ours {
             .context("ingress_xdp missing from the object")?
             .try_into()?;
         prog.load().context("loading ingress_xdp")?;
+        Ok(ebpf)
+    }
+
+    /// Our XDP program built without the drop-event code (the bench's own
+    /// build of it), loaded like [`Ours::load_xdp`].
+    pub fn load_xdp_without_events(&self, attach_id: u32) -> Result<Ebpf> {
+        let mut ebpf = load_object_bytes(WITHOUT_EVENTS, &self.pins().layout_dir(), attach_id)?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_XDP)
+            .context("ingress_xdp missing from the object without events")?
+            .try_into()?;
+        prog.load()
+            .context("loading ingress_xdp built without events")?;
         Ok(ebpf)
     }
 

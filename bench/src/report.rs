@@ -177,7 +177,11 @@ fn part1(md: &mut String, run: &Run) {
          compares it (no parsing, no map, no counter); \"minimal + our maps\" adds exactly \
          the memory ours touches for a blocked port (its rule slot, that rule's per-CPU \
          counter, the attach point's per-CPU bucket), so the ladder bare -> minimal -> \
-         minimal + our maps -> ours prices the packet, the map accesses and the parser apart.\n",
+         minimal + our maps -> ours prices the packet, the map accesses and the parser apart. \
+         \"ours XDP, events on\" has drop events on at the default rate limit; \"ours XDP, no \
+         event code\" is the same program built with the event code compiled out (the eBPF \
+         crate's second binary), so beside \"ours XDP\" (events off) it prices the switched-off \
+         code.\n",
         thousands(u64::from(s.repeat)),
         s.trials
     );
@@ -197,6 +201,7 @@ fn part1(md: &mut String, run: &Run) {
         Subject::Minimal,
         Subject::MinimalMaps,
         Subject::OursEvents,
+        Subject::OursNoEventCode,
     ];
     let _ = writeln!(md, "### ns per packet above the floor\n");
     let header: Vec<&str> = subjects.iter().map(|s| s.name()).collect();

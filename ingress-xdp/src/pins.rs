@@ -434,10 +434,16 @@ pub fn remove_map_dir(dir: &Path) -> Result<()> {
 /// Opens the eBPF object with its maps bound to (or created in) `maps_dir`
 /// and `ATTACH_ID` set. Programs are not loaded into the kernel yet.
 pub fn load_object(maps_dir: &Path, attach_id: u32) -> Result<Ebpf> {
+    load_object_bytes(crate::EBPF_OBJECT, maps_dir, attach_id)
+}
+
+/// [`load_object`] for another build of the programs (the benchmark's
+/// variant without the event code); the maps are the same pinned ones.
+pub fn load_object_bytes(object: &[u8], maps_dir: &Path, attach_id: u32) -> Result<Ebpf> {
     EbpfLoader::new()
         .default_map_pin_directory(maps_dir)
         .override_global("ATTACH_ID", &attach_id, true)
-        .load(crate::EBPF_OBJECT)
+        .load(object)
         .map_err(anyhow::Error::from)
         .map_err(explain_bpf_refusal)
         .with_context(|| {

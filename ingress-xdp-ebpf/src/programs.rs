@@ -1,0 +1,330 @@
+//! The data plane: an XDP program and a TC classifier that drop packets whose
+//! (protocol, destination port) has a `block` rule, before netfilter and IPVS.
+//!
+//! Both programs share the parser and the maps. The loader loads one instance
+//! per attach point with `ATTACH_ID` set, so each attach point has its own
+//! counters while all share one rule table (maps are pinned by name).
+//!
+//! Per-packet memory, the budget the design is held to: a frame with no
+//! port to judge touches the packet and its point's `ATTACH_STATS` line; an
+//! open port adds the rule's 4-byte `RULES` slot; a blocked port adds its
+//! `RULE_COUNTERS` line and the word of `EVENT_CONFIG` that says events are
+//! off (with events on, this CPU's `EVENT_LIMITER` line and, when its bucket
+//! allows, a ring buffer record). Every lookup is into an array, which the verifier
+//! inlines into an address computation (no helper call, no hashing), and
+//! no load depends on a previous map load except the counter's index, read
+//! from the rule slot already in hand.
+use crate::{
+    WITH_EVENTS,
+    parse::{self, Frame, Judgeable, Parsed},
+};
+use aya_ebpf::{
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    macros::{classifier, map, xdp},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{TcContext, XdpContext},
+};
+use ingress_xdp_common::{
+    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, EVENT_RING_BYTES,
+    Event, EventConfig, EventLimiter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MAX_ALLOW_PREFIXES,
+    MAX_ATTACH_POINTS, MAX_ORIGINS, MAX_RULE_COUNTERS, RULE_SLOTS, Rule, RuleCounters, RuleKey,
+    RuleOrigin, StateInfo, action, event_verdict, rule_flags, rule_slot,
+};
+
+/// Set by the loader for each attach point (index into `ATTACH_STATS`).
+#[unsafe(no_mangle)]
+static ATTACH_ID: u32 = 0;
+
+/// BPF_F_MMAPABLE: the loader reads the whole table from a mapping instead
+/// of 196,608 lookups (`list`, `stats`); the programs' lookups are unchanged.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+#[map]
+static RULES: Array<Rule> = Array::pinned(RULE_SLOTS, BPF_F_MMAPABLE);
+
+/// One slot per rule as the operator wrote it (a range shares one), indexed
+/// by `Rule::counter`.
+#[map]
+static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::pinned(MAX_RULE_COUNTERS, 0);
+
+#[map]
+static ALLOW_V4: LpmTrie<AllowKeyV4, u8> = LpmTrie::pinned(MAX_ALLOW_PREFIXES, 0);
+
+#[map]
+static ALLOW_V6: LpmTrie<AllowKeyV6, u8> = LpmTrie::pinned(MAX_ALLOW_PREFIXES, 0);
+
+#[map]
+static ATTACH_STATS: PerCpuArray<AttachCounters> = PerCpuArray::pinned(MAX_ATTACH_POINTS, 0);
+
+/// Describes each attach point for `status`; written and read by the loader
+/// only, kept in bpffs so that all state lives in one pinned place.
+#[map]
+static ATTACH_INFO: Array<AttachInfo> = Array::pinned(MAX_ATTACH_POINTS, 0);
+
+/// Who owns each rule (CLI, agent, or both); loader-only, like ATTACH_INFO.
+#[map]
+static RULE_ORIGIN: HashMap<RuleKey, RuleOrigin> = HashMap::pinned(MAX_ORIGINS, BPF_F_NO_PREALLOC);
+
+/// The layout version and the build that wrote it; loader-only.
+#[map]
+static STATE: Array<StateInfo> = Array::pinned(1, 0);
+
+/// Drop and audit events for `events` and `top`, rate-limited per CPU.
+#[map]
+static EVENTS: RingBuf = RingBuf::pinned(EVENT_RING_BYTES, 0);
+
+/// Whether events are on, and the rate limit; set by the loader at run time.
+#[map]
+static EVENT_CONFIG: Array<EventConfig> = Array::pinned(1, 0);
+
+#[map]
+static EVENT_LIMITER: PerCpuArray<EventLimiter> = PerCpuArray::pinned(1, 0);
+
+/// Where a packet ended up. The discriminant is the index of its bucket in
+/// [`AttachCounters`] (its fields are five `u64`s in this order), so recording
+/// an outcome is one indexed add rather than a branch per bucket.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(usize)]
+enum Outcome {
+    Dropped = 0,
+    Passed = 1,
+    Audited = 2,
+    Allowed = 3,
+    NotParsed = 4,
+}
+
+const ATTACH_BUCKETS: usize = 5;
+const _: () = assert!(core::mem::size_of::<AttachCounters>() == ATTACH_BUCKETS * 8);
+
+/// The protocol of a rule plane (the inverse of `proto_plane`), for the
+/// allowlist's key; off the common path.
+#[inline(always)]
+fn plane_proto(plane: u32) -> u8 {
+    match plane {
+        0 => IPPROTO_TCP,
+        1 => IPPROTO_UDP,
+        _ => IPPROTO_SCTP,
+    }
+}
+
+#[inline(always)]
+fn source_allowed(frame: &Frame, pkt: Judgeable) -> bool {
+    let key = RuleKey::new(plane_proto(pkt.plane), pkt.dport);
+    match parse::source_offset(frame, pkt.l3) {
+        Some((at, false)) => frame.bytes::<4>(at).is_some_and(|addr| {
+            let key = Key::new(ALLOW_RULE_PREFIX_BITS + 32, AllowKeyV4 { rule: key, addr });
+            ALLOW_V4.get(&key).is_some()
+        }),
+        Some((at, true)) => frame.bytes::<16>(at).is_some_and(|addr| {
+            let key = Key::new(ALLOW_RULE_PREFIX_BITS + 128, AllowKeyV6 { rule: key, addr });
+            ALLOW_V6.get(&key).is_some()
+        }),
+        None => false,
+    }
+}
+
+#[inline(always)]
+fn count_rule(counter: u16, bytes: u64) {
+    // Uncounted rules share slot 0, so this never branches on a flag.
+    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(u32::from(counter)) {
+        // SAFETY: per-CPU value of this CPU; no other writer while we run.
+        unsafe {
+            (*counters).packets += 1;
+            (*counters).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+fn judge(frame: &Frame, pkt: Judgeable, bytes: u64) -> Outcome {
+    // Fields are read through the slot, not from a copy of the `Rule`: a
+    // copy is a spill to the stack on the path of every matched packet.
+    let Some(rule) = RULES.get(rule_slot(pkt.plane, pkt.dport)) else {
+        return Outcome::Passed;
+    };
+    let verdict = rule.action;
+    if verdict == action::NONE {
+        return Outcome::Passed;
+    }
+    if rule.flags & rule_flags::HAS_ALLOWLIST != 0 && source_allowed(frame, pkt) {
+        return Outcome::Allowed;
+    }
+    count_rule(rule.counter, bytes);
+    let outcome = if verdict == action::BLOCK {
+        Outcome::Dropped
+    } else {
+        Outcome::Audited
+    };
+    if WITH_EVENTS {
+        report(frame, pkt, outcome, bytes);
+    }
+    outcome
+}
+
+/// Sends an event for a dropped or audited packet when events are on and
+/// this CPU's token bucket allows. Off, it costs one read of a word of an
+/// array the verifier inlines; a full ring or an empty bucket is counted,
+/// never waited for.
+#[inline(always)]
+fn report(frame: &Frame, pkt: Judgeable, outcome: Outcome, bytes: u64) {
+    let Some(config) = EVENT_CONFIG.get(0) else {
+        return;
+    };
+    if config.enabled == 0 {
+        return;
+    }
+    let Some(limiter) = EVENT_LIMITER.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot; no other writer while we run.
+    let limiter = unsafe { &mut *limiter };
+    // The bucket runs on jiffies (a tick's resolution): in a VM here either
+    // ktime helper cost 25 ns or more per packet, held back or not. Only a
+    // sent event reads the precise time.
+    let now = unsafe { bpf_jiffies64() } * u64::from(config.ns_per_jiffy);
+    let saved = limiter.budget_ns + now.wrapping_sub(limiter.last_ns);
+    let budget = if saved > config.burst_ns {
+        config.burst_ns
+    } else {
+        saved
+    };
+    limiter.last_ns = now;
+    if budget < config.ns_per_event {
+        limiter.budget_ns = budget;
+        limiter.limited += 1;
+        return;
+    }
+    limiter.budget_ns = budget - config.ns_per_event;
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        limiter.lost += 1;
+        return;
+    };
+    // The offsets pass through the entry's memory, which the verifier does
+    // not track: read back, they are bounded unknowns, so every parser path
+    // that reaches here is one state to the verifier, not one each (inlined
+    // with exact offsets, this tail doubled the programs' verification).
+    let scratch = entry.as_mut_ptr().cast::<u64>();
+    // SAFETY: the entry holds an Event, larger than two u64s.
+    let (l3, l4) = unsafe {
+        core::ptr::write_volatile(scratch, pkt.l3 as u64);
+        core::ptr::write_volatile(scratch.add(1), pkt.l4 as u64);
+        (
+            (core::ptr::read_volatile(scratch) & 0x3ff) as usize,
+            (core::ptr::read_volatile(scratch.add(1)) & 0x3ff) as usize,
+        )
+    };
+    // Two bytes, not one: a one-byte bounds check compiles to `ptr >= end`,
+    // which proves no byte readable at a variable offset.
+    let ipv6 = frame.bytes::<2>(l3).map_or(0, |b| u8::from(b[0] >> 4 == 6));
+    let src_addr = if ipv6 == 1 {
+        frame.bytes::<16>(l3 + 8).unwrap_or([0; 16])
+    } else {
+        let mut addr = [0u8; 16];
+        if let Some(v4) = frame.bytes::<4>(l3 + 12) {
+            addr[..4].copy_from_slice(&v4);
+        }
+        addr
+    };
+    let src_port = frame.bytes::<2>(l4).map_or(0, u16::from_be_bytes);
+    // SAFETY: a read of a loader-set constant; volatile so it is not folded.
+    let attach_id = unsafe { core::ptr::read_volatile(&raw const ATTACH_ID) };
+    entry.write(Event {
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        src_addr,
+        frame_len: bytes as u32,
+        attach_id,
+        src_port,
+        dst_port: pkt.dport,
+        proto: plane_proto(pkt.plane),
+        ipv6,
+        verdict: if outcome == Outcome::Dropped {
+            event_verdict::DROPPED
+        } else {
+            event_verdict::AUDITED
+        },
+        pad: 0,
+    });
+    entry.submit(0);
+    limiter.sent += 1;
+}
+
+#[inline(always)]
+fn record(outcome: Outcome) {
+    // SAFETY: a read of a loader-set constant; volatile so it is not folded.
+    let id = unsafe { core::ptr::read_volatile(&raw const ATTACH_ID) };
+    if let Some(counters) = ATTACH_STATS.get_ptr_mut(id) {
+        let buckets = counters.cast::<[u64; ATTACH_BUCKETS]>();
+        // SAFETY: this CPU's value, five u64 buckets (asserted above).
+        unsafe { (*buckets)[outcome as usize] += 1 };
+    }
+}
+
+/// `offloaded_tags`: VLAN tags the kernel already took out of the frame
+/// (TC only), which count against the same limit as the tags still in it.
+#[inline(always)]
+fn classify(frame: &Frame, offloaded_tags: usize, bytes: u64) -> Outcome {
+    match parse::parse(frame, offloaded_tags) {
+        Ok(Parsed::Port(pkt)) => judge(frame, pkt, bytes),
+        Ok(Parsed::NoPort) => Outcome::Passed,
+        Err(_) => Outcome::NotParsed,
+    }
+}
+
+#[xdp]
+pub fn ingress_xdp(ctx: XdpContext) -> u32 {
+    let frame = Frame::new(ctx.data(), ctx.data_end());
+    let outcome = classify(&frame, 0, (ctx.data_end() - ctx.data()) as u64);
+    record(outcome);
+    match outcome {
+        Outcome::Dropped => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
+    }
+}
+
+/// Headers beyond this many bytes are not pulled into the linear area.
+const TC_PULL_LEN: u32 = 512;
+
+#[classifier]
+pub fn ingress_tc(ctx: TcContext) -> i32 {
+    let bytes = ctx.len();
+    // Before TCX runs the kernel moves the outer VLAN tag into the skb's
+    // metadata; XDP sees it in the frame. Counting it keeps "at most two
+    // tags" the same on both hooks.
+    // SAFETY: the context's __sk_buff is valid for the program's run.
+    let offloaded = unsafe { (*ctx.skb.skb).vlan_present } as usize & 1;
+    let mut outcome = classify(
+        &Frame::new(ctx.data(), ctx.data_end()),
+        offloaded,
+        bytes as u64,
+    );
+    // An skb may hold its headers outside the linear area; only then pay for a
+    // pull, and parse again.
+    if matches!(outcome, Outcome::NotParsed)
+        && (bytes as usize) > ctx.data_end() - ctx.data()
+        && ctx.pull_data(bytes.min(TC_PULL_LEN)).is_ok()
+    {
+        outcome = classify(
+            &Frame::new(ctx.data(), ctx.data_end()),
+            offloaded,
+            bytes as u64,
+        );
+    }
+    record(outcome);
+    match outcome {
+        Outcome::Dropped => TC_ACT_SHOT,
+        // UNSPEC lets later TCX programs and filters run.
+        _ => TC_ACT_UNSPEC,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
