@@ -160,7 +160,9 @@ fn method_color(m: Method) -> RGBColor {
         | Method::OursXdpGeneric
         | Method::OursXdpNative
         | Method::OursXdpNativeEvents => OURS,
-        Method::MinimalDrop | Method::MinimalMaps | Method::BareDrop => CEILING,
+        Method::MinimalDrop | Method::MinimalEthertype | Method::MinimalMaps | Method::BareDrop => {
+            CEILING
+        }
         _ => OTHER,
     }
 }

@@ -18,7 +18,7 @@ use ingress_xdp::{
 use crate::{
     counters::Counter,
     ours::Ours,
-    progs::{BARE_DROP, MINIMAL_DROP, MINIMAL_MAPS, Reference},
+    progs::{BARE_DROP, MINIMAL_DROP, MINIMAL_ETHERTYPE, MINIMAL_MAPS, Reference},
     sh::run_in,
     topo::Pair,
     xdp_filter::XdpFilter,
@@ -36,12 +36,13 @@ pub enum Method {
     OursXdpNative,
     OursXdpNativeEvents,
     MinimalDrop,
+    MinimalEthertype,
     MinimalMaps,
     BareDrop,
 }
 
 impl Method {
-    pub const ALL: [Method; 12] = [
+    pub const ALL: [Method; 13] = [
         Method::None,
         Method::IptablesInput,
         Method::IptablesRaw,
@@ -52,6 +53,7 @@ impl Method {
         Method::OursXdpNative,
         Method::OursXdpNativeEvents,
         Method::MinimalDrop,
+        Method::MinimalEthertype,
         Method::MinimalMaps,
         Method::BareDrop,
     ];
@@ -69,6 +71,7 @@ impl Method {
             Method::OursXdpNative => "ours, XDP native",
             Method::OursXdpNativeEvents => "ours, XDP native, events on",
             Method::MinimalDrop => "minimal XDP port check",
+            Method::MinimalEthertype => "minimal check + EtherType",
             Method::MinimalMaps => "minimal check + our maps",
             Method::BareDrop => "bare XDP_DROP",
         }
@@ -93,6 +96,11 @@ impl Method {
             Method::MinimalDrop => {
                 "an XDP program that reads the TCP port at a fixed offset and drops on a match \
                  (no parsing, no map, no counter): the cost of touching the packet"
+            }
+            Method::MinimalEthertype => {
+                "the minimal port check that first reads the EtherType (bytes 12-13), as any \
+                 parser must: the header bytes it touches may span two cache lines of the \
+                 frame, the port alone one"
             }
             Method::MinimalMaps => {
                 "the minimal port check plus the memory ingress-xdp touches for a blocked port \
@@ -160,6 +168,7 @@ impl Method {
                 attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Native, true)
             }
             Method::MinimalDrop => attach_reference(pair, MINIMAL_DROP),
+            Method::MinimalEthertype => attach_reference(pair, MINIMAL_ETHERTYPE),
             Method::MinimalMaps => attach_reference(pair, MINIMAL_MAPS),
             Method::BareDrop => attach_reference(pair, BARE_DROP),
         };

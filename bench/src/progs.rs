@@ -16,6 +16,7 @@ pub const FLOOR_TC: &str = "floor_tc";
 pub const BARE_DROP: &str = "bare_drop";
 pub const MINIMAL_DROP: &str = "minimal_drop";
 pub const MINIMAL_MAPS: &str = "minimal_maps";
+pub const MINIMAL_ETHERTYPE: &str = "minimal_ethertype";
 pub const XDP_TX: &str = "xdp_tx";
 
 /// One instance of the object with every program loaded into the kernel.
@@ -26,7 +27,14 @@ pub struct Reference {
 impl Reference {
     pub fn load() -> Result<Self> {
         let mut ebpf = Ebpf::load(OBJECT).context("opening the reference eBPF object")?;
-        for name in [FLOOR_XDP, BARE_DROP, MINIMAL_DROP, MINIMAL_MAPS, XDP_TX] {
+        for name in [
+            FLOOR_XDP,
+            BARE_DROP,
+            MINIMAL_DROP,
+            MINIMAL_ETHERTYPE,
+            MINIMAL_MAPS,
+            XDP_TX,
+        ] {
             let prog: &mut Xdp = program(&mut ebpf, name)?.try_into()?;
             prog.load().with_context(|| format!("loading {name}"))?;
         }
