@@ -1745,6 +1745,13 @@ mod drop_events {
             "an open port sends nothing"
         );
 
+        // The programs look at the switch's copy in the rule's own slot:
+        // a rule written after `events on` carries it too.
+        h.block("7070/tcp");
+        h.run_xdp(&frames::to(Family::V4, L4::Tcp, 7070)).unwrap();
+        let late = collect(&mut stream, Duration::from_secs(1));
+        assert_eq!(late.len(), 1, "a rule blocked after events on: {late:?}");
+
         switch
             .set(Settings {
                 enabled: false,
@@ -1758,7 +1765,7 @@ mod drop_events {
             "switched off live"
         );
         let counts = switch.counts().unwrap();
-        assert_eq!(counts.sent, 13, "{counts:?}");
+        assert_eq!(counts.sent, 14, "{counts:?}");
         assert_eq!((counts.limited, counts.lost), (0, 0), "{counts:?}");
     }
 

@@ -28,7 +28,7 @@ use aya::{maps::MapData, programs::loaded_programs};
 use aya_obj::{EbpfSectionKind, Object, generated::bpf_insn};
 use ingress_xdp::{
     EBPF_OBJECT,
-    attach::{AttachedMode, Hook, Target, XdpModeChoice, attach},
+    attach::{AttachPoint, AttachedMode, Hook, Target, XdpModeChoice, attach},
     pins::{PROG_TC, PROG_XDP},
 };
 
@@ -186,11 +186,18 @@ fn parse_stats(log: &str) -> Option<VerifierStats> {
 }
 
 /// Loads program `name` of the eBPF object as `prog_type`, relocated against
-/// the maps pinned in `pins` (and fresh data-section maps), with a verifier
-/// log at BPF_LOG_STATS; returns the log.
-fn load_with_log(pins: &ingress_xdp::pins::Pins, name: &str, prog_type: u32) -> String {
+/// the maps pinned in `pins` (and fresh data-section maps), with `ATTACH_ID`
+/// set as the loader sets it for point `attach_id` (the verifier knows the
+/// frozen constant, and its walk depends on it), with a verifier log at
+/// BPF_LOG_STATS; returns the log.
+fn load_with_log(
+    pins: &ingress_xdp::pins::Pins,
+    name: &str,
+    prog_type: u32,
+    attach_id: u32,
+) -> String {
     let mut obj = Object::parse(EBPF_OBJECT).expect("parse the eBPF object");
-    let attach_id = 0u32.to_ne_bytes();
+    let attach_id = attach_id.to_ne_bytes();
     obj.patch_map_data(HashMap::from([("ATTACH_ID", (&attach_id[..], true))]))
         .expect("set ATTACH_ID");
     let mut pinned: Vec<(String, MapData)> = Vec::new();
@@ -309,11 +316,14 @@ fn verifier_margins() {
     assert_eq!(generic.point.mode, Some(AttachedMode::Generic));
     assert_eq!(tc.point.hook, Hook::Tc);
 
-    // The stack depth per program type, from a load of our own with a log.
-    let xdp_log = load_with_log(&pins.pins, PROG_XDP, BPF_PROG_TYPE_XDP);
-    let tc_log = load_with_log(&pins.pins, PROG_TC, BPF_PROG_TYPE_SCHED_CLS);
-    let xdp_stats = parse_stats(&xdp_log).unwrap_or_else(|| panic!("no stats in\n{xdp_log}"));
-    let tc_stats = parse_stats(&tc_log).unwrap_or_else(|| panic!("no stats in\n{tc_log}"));
+    // The stack depth per point, from a load of our own with a log.
+    let stats_of = |name: &str, prog_type: u32, point: &AttachPoint| {
+        let log = load_with_log(&pins.pins, name, prog_type, point.id);
+        parse_stats(&log).unwrap_or_else(|| panic!("no stats in\n{log}"))
+    };
+    let native_stats = stats_of(PROG_XDP, BPF_PROG_TYPE_XDP, &native.point);
+    let generic_stats = stats_of(PROG_XDP, BPF_PROG_TYPE_XDP, &generic.point);
+    let tc_stats = stats_of(PROG_TC, BPF_PROG_TYPE_SCHED_CLS, &tc.point);
 
     let mut failures = Vec::new();
     eprintln!(
@@ -322,8 +332,8 @@ fn verifier_margins() {
         MAX_SHARE * 100.0
     );
     for (what, point, stats) in [
-        ("XDP native ", &native.point, &xdp_stats),
-        ("XDP generic", &generic.point, &xdp_stats),
+        ("XDP native ", &native.point, &native_stats),
+        ("XDP generic", &generic.point, &generic_stats),
         ("TC (TCX)   ", &tc.point, &tc_stats),
     ] {
         let insns = verified_insns(point.program_id);

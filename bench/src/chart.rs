@@ -159,7 +159,8 @@ fn method_color(m: Method) -> RGBColor {
         Method::OursTc
         | Method::OursXdpGeneric
         | Method::OursXdpNative
-        | Method::OursXdpNativeEvents => OURS,
+        | Method::OursXdpNativeEvents
+        | Method::OursXdpNativeNoEventCode => OURS,
         Method::MinimalDrop | Method::MinimalEthertype | Method::MinimalMaps | Method::BareDrop => {
             CEILING
         }

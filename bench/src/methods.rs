@@ -35,6 +35,7 @@ pub enum Method {
     OursXdpGeneric,
     OursXdpNative,
     OursXdpNativeEvents,
+    OursXdpNativeNoEventCode,
     MinimalDrop,
     MinimalEthertype,
     MinimalMaps,
@@ -42,7 +43,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 13] = [
+    pub const ALL: [Method; 14] = [
         Method::None,
         Method::IptablesInput,
         Method::IptablesRaw,
@@ -52,6 +53,7 @@ impl Method {
         Method::OursXdpGeneric,
         Method::OursXdpNative,
         Method::OursXdpNativeEvents,
+        Method::OursXdpNativeNoEventCode,
         Method::MinimalDrop,
         Method::MinimalEthertype,
         Method::MinimalMaps,
@@ -70,6 +72,7 @@ impl Method {
             Method::OursXdpGeneric => "ours, XDP generic",
             Method::OursXdpNative => "ours, XDP native",
             Method::OursXdpNativeEvents => "ours, XDP native, events on",
+            Method::OursXdpNativeNoEventCode => "ours, XDP native, no event code",
             Method::MinimalDrop => "minimal XDP port check",
             Method::MinimalEthertype => "minimal check + EtherType",
             Method::MinimalMaps => "minimal check + our maps",
@@ -96,6 +99,11 @@ impl Method {
             Method::MinimalDrop => {
                 "an XDP program that reads the TCP port at a fixed offset and drops on a match \
                  (no parsing, no map, no counter): the cost of touching the packet"
+            }
+            Method::OursXdpNativeNoEventCode => {
+                "ours built without the event code (the eBPF crate's second binary) on the same \
+                 pinned maps and rule, attached natively: beside \"ours, XDP native\" (events \
+                 off), what the switched-off event code costs live"
             }
             Method::MinimalEthertype => {
                 "the minimal port check that first reads the EtherType (bytes 12-13), as any \
@@ -168,6 +176,7 @@ impl Method {
                 attach_ours(pair, ours, Hook::Xdp, XdpModeChoice::Native, true)
             }
             Method::MinimalDrop => attach_reference(pair, MINIMAL_DROP),
+            Method::OursXdpNativeNoEventCode => attach_without_events(pair, ours),
             Method::MinimalEthertype => attach_reference(pair, MINIMAL_ETHERTYPE),
             Method::MinimalMaps => attach_reference(pair, MINIMAL_MAPS),
             Method::BareDrop => attach_reference(pair, BARE_DROP),
@@ -259,6 +268,28 @@ fn attach_ours<'a>(
             point: report.point.id,
         },
         _guard: guard,
+    })
+}
+
+/// The attach-point slot the build without events counts under (one no
+/// registered point uses: the bench's points start at 0).
+const NO_EVENTS_ATTACH_ID: u32 = ingress_xdp_common::MAX_ATTACH_POINTS - 1;
+
+/// Ours without the event code, attached natively like a reference program
+/// (the product's attach knows only its own build); detached on drop.
+fn attach_without_events<'a>(pair: &Pair, ours: &Ours) -> Result<Installed<'a>> {
+    let mut ebpf = ours.load_xdp_without_events(NO_EVENTS_ATTACH_ID)?;
+    let prog: &mut Xdp = ebpf
+        .program_mut(ingress_xdp::pins::PROG_XDP)
+        .context("ingress_xdp missing from the build without events")?
+        .try_into()?;
+    ingress_xdp::sys::in_netns(Some(&pair.rx.path()), || {
+        prog.attach(&pair.rx_if, XdpMode::Driver)
+            .with_context(|| format!("attaching ours without events to {}", pair.rx_if))
+    })?;
+    Ok(Installed {
+        counter: Counter::XdpDrops,
+        _guard: Guard::Program { _ebpf: ebpf },
     })
 }
 

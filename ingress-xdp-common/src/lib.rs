@@ -69,6 +69,11 @@ pub mod action {
 pub mod rule_flags {
     /// Sources in the allowlist tries (keyed by this rule) go through.
     pub const HAS_ALLOWLIST: u8 = 1;
+    /// Drop events are on: a copy of `EventConfig::enabled` in every rule
+    /// slot, so that with events off a matched packet reads no other map
+    /// (live, each map access costs more than the parser). The loader sets
+    /// it on every write and on every switch, under the pin lock.
+    pub const REPORT: u8 = 2;
 }
 
 /// One slot of the `RULES` array.

@@ -8,10 +8,10 @@
 //! Per-packet memory, the budget the design is held to: a frame with no
 //! port to judge touches the packet and its point's `ATTACH_STATS` line; an
 //! open port adds the rule's 4-byte `RULES` slot; a blocked port adds its
-//! `RULE_COUNTERS` line and the word of `EVENT_CONFIG` that says events are
-//! off (with events on, this CPU's `EVENT_LIMITER` line and, when its bucket
-//! allows, a ring buffer record). Every lookup is into an array, which the verifier
-//! inlines into an address computation (no helper call, no hashing), and
+//! `RULE_COUNTERS` line. With events on, which the slot's `REPORT` bit says,
+//! it also reads `EVENT_CONFIG`, this CPU's `EVENT_LIMITER` line and, when
+//! its bucket allows, writes a ring buffer record. Every lookup is into an
+//! array, which the verifier inlines into an address computation (no helper call, no hashing), and
 //! no load depends on a previous map load except the counter's index, read
 //! from the rule slot already in hand.
 use crate::{
@@ -157,16 +157,18 @@ fn judge(frame: &Frame, pkt: Judgeable, bytes: u64) -> Outcome {
     } else {
         Outcome::Audited
     };
-    if WITH_EVENTS {
+    if WITH_EVENTS && rule.flags & rule_flags::REPORT != 0 {
         report(frame, pkt, outcome, bytes);
     }
     outcome
 }
 
 /// Sends an event for a dropped or audited packet when events are on and
-/// this CPU's token bucket allows. Off, it costs one read of a word of an
-/// array the verifier inlines; a full ring or an empty bucket is counted,
-/// never waited for.
+/// this CPU's token bucket allows; called only for a rule whose slot says
+/// events are on (`REPORT`), so off it costs nothing but that bit, in a
+/// byte already read. `EVENT_CONFIG` is checked again: a slot may lag the
+/// switch by a moment. A full ring or an empty bucket is counted, never
+/// waited for.
 #[inline(always)]
 fn report(frame: &Frame, pkt: Judgeable, outcome: Outcome, bytes: u64) {
     let Some(config) = EVENT_CONFIG.get(0) else {

@@ -82,6 +82,7 @@ pub struct Counts {
 
 /// `EVENT_CONFIG` and `EVENT_LIMITER` of a pin directory.
 pub struct Switch {
+    pins: Pins,
     config: Array<MapData, EventConfig>,
     limiter: PerCpuArray<MapData, EventLimiter>,
 }
@@ -91,6 +92,7 @@ impl Switch {
         pins.require()?;
         let dir = pins.layout_dir();
         Ok(Self {
+            pins: pins.clone(),
             config: open_map_at(&dir.join(MAP_EVENT_CONFIG))?.try_into()?,
             limiter: open_map_at(&dir.join(MAP_EVENT_LIMITER))?.try_into()?,
         })
@@ -104,11 +106,19 @@ impl Switch {
         Ok(Settings::from_config(&c))
     }
 
-    /// Takes effect at the next packet: the programs read the map each time.
+    /// Takes effect at the next packet. The programs look at a rule slot's
+    /// `REPORT` bit first, so the bit is set or cleared in every slot too,
+    /// after the map (a slot that lags finds the map already switched).
+    /// Takes the pin lock: do not call it holding the lock.
     pub fn set(&mut self, settings: Settings) -> Result<()> {
+        let _lock = self.pins.lock()?;
         self.config
             .set(0, settings.to_config(ns_per_jiffy()?), 0)
-            .context("writing EVENT_CONFIG (bpf map update)")
+            .context("writing EVENT_CONFIG (bpf map update)")?;
+        crate::rules::RuleTable::open(&self.pins)?
+            .mark_reporting(settings.enabled)
+            .context("marking the rules' slots for drop events")?;
+        Ok(())
     }
 
     pub fn counts(&self) -> Result<Counts> {

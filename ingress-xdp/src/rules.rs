@@ -26,9 +26,9 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use ingress_xdp_common::{
-    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, MAX_ORIGINS, MAX_RULE_COUNTERS, NO_COUNTER,
-    ORIGIN_SERVICE_LEN, ORIGIN_WHY_LEN, RULE_SLOTS, Rule, RuleCounters, RuleKey, RuleOrigin,
-    action, proto_plane, rule_flags, rule_slot,
+    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, EventConfig, MAX_ORIGINS, MAX_RULE_COUNTERS,
+    NO_COUNTER, ORIGIN_SERVICE_LEN, ORIGIN_WHY_LEN, RULE_SLOTS, Rule, RuleCounters, RuleKey,
+    RuleOrigin, action, proto_plane, rule_flags, rule_slot,
 };
 use serde::Serialize;
 
@@ -36,7 +36,10 @@ use crate::{
     bpf::{self, MappedArray, records},
     cidr::Cidr,
     fixed::{from_fixed, to_fixed},
-    pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_RULE_COUNTERS, MAP_RULE_ORIGIN, MAP_RULES, Pins},
+    pins::{
+        MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_EVENT_CONFIG, MAP_RULE_COUNTERS, MAP_RULE_ORIGIN,
+        MAP_RULES, Pins,
+    },
     spec::{PortSpec, Protocol},
     sys,
 };
@@ -177,6 +180,9 @@ pub struct RuleTable {
     allow_v4: AllowV4,
     allow_v6: AllowV6,
     origins: HashMap<MapData, RuleKey, RuleOrigin>,
+    /// Whether drop events are on: every slot written carries it
+    /// (`rule_flags::REPORT`).
+    event_config: Array<MapData, EventConfig>,
     /// Own fds of the maps read in batches (the typed maps keep theirs).
     counters_fd: OwnedFd,
     origins_fd: OwnedFd,
@@ -217,6 +223,7 @@ impl RuleTable {
             allow_v4: open_map_at(&dir.join(MAP_ALLOW_V4))?.try_into()?,
             allow_v6: open_map_at(&dir.join(MAP_ALLOW_V6))?.try_into()?,
             origins: open_map_at(&dir.join(MAP_RULE_ORIGIN))?.try_into()?,
+            event_config: open_map_at(&dir.join(MAP_EVENT_CONFIG))?.try_into()?,
             counters_fd: bpf::obj_get(&dir.join(MAP_RULE_COUNTERS))?,
             origins_fd: bpf::obj_get(&dir.join(MAP_RULE_ORIGIN))?,
             cpus,
@@ -225,8 +232,12 @@ impl RuleTable {
         })
     }
 
+    /// The rule in `slot` as the loader wrote it: without the `REPORT`
+    /// bit, which mirrors the event switch, not the rule.
     fn slot(&self, slot: u32) -> Rule {
-        self.view.get(slot as usize)
+        let mut rule: Rule = self.view.get(slot as usize);
+        rule.flags &= !rule_flags::REPORT;
+        rule
     }
 
     pub fn get(&self, proto: Protocol, port: u16) -> Result<Option<Mode>> {
@@ -243,11 +254,44 @@ impl RuleTable {
             .collect()
     }
 
-    fn write(&mut self, slot: u32, rule: Rule) -> Result<()> {
+    fn write(&mut self, slot: u32, mut rule: Rule) -> Result<()> {
+        // Read each time: `events on` may have switched since this table
+        // was opened (both hold the pin lock while they write).
+        if rule.action != action::NONE && self.reporting()? {
+            rule.flags |= rule_flags::REPORT;
+        }
+        self.write_exact(slot, rule)
+    }
+
+    fn write_exact(&mut self, slot: u32, rule: Rule) -> Result<()> {
         self.rules.set(slot, rule, 0).with_context(|| {
             let (proto, port) = port_of(slot);
             format!("writing rule {port}/{proto} (RULES slot {slot})")
         })
+    }
+
+    fn reporting(&self) -> Result<bool> {
+        let config = self
+            .event_config
+            .get(&0, 0)
+            .context("reading EVENT_CONFIG (bpf map lookup)")?;
+        Ok(config.enabled != 0)
+    }
+
+    /// Sets or clears `REPORT` in every rule's slot, after the event switch
+    /// changed (under the pin lock). Returns how many slots changed.
+    pub fn mark_reporting(&mut self, on: bool) -> Result<usize> {
+        let mut changed = 0;
+        for (slot, mut rule) in self.scan() {
+            if on {
+                rule.flags |= rule_flags::REPORT;
+            }
+            if self.view.get::<Rule>(slot as usize) != rule {
+                self.write_exact(slot, rule)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// Summed per-CPU counts of every counter slot, indexed by slot.
