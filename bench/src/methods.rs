@@ -278,35 +278,29 @@ const NO_EVENTS_ATTACH_ID: u32 = ingress_xdp_common::MAX_ATTACH_POINTS - 1;
 /// Ours without the event code, attached natively like a reference program
 /// (the product's attach knows only its own build); detached on drop.
 fn attach_without_events<'a>(pair: &Pair, ours: &Ours) -> Result<Installed<'a>> {
-    let mut ebpf = ours.load_xdp_without_events(NO_EVENTS_ATTACH_ID)?;
-    let prog: &mut Xdp = ebpf
-        .program_mut(ingress_xdp::pins::PROG_XDP)
-        .context("ingress_xdp missing from the build without events")?
-        .try_into()?;
-    ingress_xdp::sys::in_netns(Some(&pair.rx.path()), || {
-        prog.attach(&pair.rx_if, XdpMode::Driver)
-            .with_context(|| format!("attaching ours without events to {}", pair.rx_if))
-    })?;
-    Ok(Installed {
-        counter: Counter::XdpDrops,
-        _guard: Guard::Program { _ebpf: ebpf },
-    })
+    let ebpf = ours.load_xdp_without_events(NO_EVENTS_ATTACH_ID)?;
+    attach_native(pair, ebpf, ingress_xdp::pins::PROG_XDP)
 }
 
-/// A reference program, attached in native mode from a thread inside the
-/// receiver's namespace (aya resolves the name there); detached when the
-/// guard drops the object.
+/// A reference program, attached natively; detached on drop.
 fn attach_reference<'a>(pair: &Pair, name: &str) -> Result<Installed<'a>> {
-    let mut reference = Reference::load()?;
-    let prog: &mut Xdp = reference.xdp_mut(name)?;
+    attach_native(pair, Reference::load()?.into_ebpf(), name)
+}
+
+/// Attaches the loaded XDP program `name` of `ebpf` in native mode from a
+/// thread inside the receiver's namespace (aya resolves the interface's name
+/// there); the guard keeps the object, whose drop detaches it.
+fn attach_native<'a>(pair: &Pair, mut ebpf: Ebpf, name: &str) -> Result<Installed<'a>> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .with_context(|| format!("{name} missing from its object"))?
+        .try_into()?;
     ingress_xdp::sys::in_netns(Some(&pair.rx.path()), || {
         prog.attach(&pair.rx_if, XdpMode::Driver)
             .with_context(|| format!("attaching {name} natively to {}", pair.rx_if))
     })?;
     Ok(Installed {
         counter: Counter::XdpDrops,
-        _guard: Guard::Program {
-            _ebpf: reference.into_ebpf(),
-        },
+        _guard: Guard::Program { _ebpf: ebpf },
     })
 }

@@ -51,10 +51,6 @@ impl Reference {
         Ok(prog.try_into()?)
     }
 
-    pub fn xdp_mut(&mut self, name: &str) -> Result<&mut Xdp> {
-        Ok(program(&mut self.ebpf, name)?.try_into()?)
-    }
-
     /// The object, whose drop unloads the programs and detaches their links.
     pub fn into_ebpf(self) -> Ebpf {
         self.ebpf
