@@ -631,7 +631,9 @@ impl Agent {
         }
     }
 
-    async fn events(&mut self) -> Option<Events> {
+    /// Subscribes to the policy's events, replayed from `since` (the start
+    /// of the read the subscription follows).
+    async fn events(&mut self, since: std::time::SystemTime) -> Option<Events> {
         let source = match self.mode? {
             SourceMode::LocalFallback | SourceMode::Feed(_) => return None,
             SourceMode::Manager => match self.cluster().await.ok()? {
@@ -639,7 +641,7 @@ impl Agent {
                 None => self.local().await.ok()?,
             },
         };
-        Some(Box::pin(docker::policy_events(&source)))
+        Some(Box::pin(docker::policy_events(&source, since)))
     }
 
     /// Runs until `shutdown` resolves. Returns only on shutdown or a fatal
@@ -671,6 +673,7 @@ impl Agent {
         let mut retry_at = Instant::now();
         loop {
             if dirty && Instant::now() >= retry_at {
+                let read_at = std::time::SystemTime::now();
                 match self.sync().await {
                     Ok(changed) => {
                         self.docker_ok();
@@ -687,9 +690,10 @@ impl Agent {
                         dirty = false;
                         backoff = Duration::from_millis(250);
                         if events.is_none() {
-                            events = self.events().await;
-                            // A change between this sync's read and the
-                            // subscription has no event: sync once more.
+                            // Replayed from this sync's read: a change made
+                            // before the stream connects still has its event.
+                            events = self.events(read_at).await;
+                            // And once more for an engine that replays none.
                             dirty = events.is_some();
                         }
                         match &self.feed {

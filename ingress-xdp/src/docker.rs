@@ -372,10 +372,21 @@ pub async fn ingress_services(local: &Docker) -> Result<Vec<ServiceInfo>> {
     Ok(out)
 }
 
-/// Docker events that can change the policy's inputs.
+/// Docker events that can change the policy's inputs, from `since` on.
+///
+/// The request goes out only when the stream is first polled, so a change
+/// made before that has no live event; Docker replays what it logged since
+/// `since` (a few seconds before the last read, for clock skew with a
+/// remote manager), so nothing between a read and the subscription is lost.
 pub fn policy_events(
     docker: &Docker,
+    since: std::time::SystemTime,
 ) -> impl futures_util::Stream<Item = Result<bollard::models::EventMessage, DockerError>> + use<> {
+    let since = since
+        .checked_sub(std::time::Duration::from_secs(5))
+        .unwrap_or(since)
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     let mut filters = HashMap::new();
     filters.insert(
         "type".to_string(),
@@ -386,7 +397,7 @@ pub fn policy_events(
         ],
     );
     docker.events(Some(EventsOptions {
-        since: None,
+        since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
         until: None,
         filters: Some(filters),
     }))
