@@ -6,6 +6,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use anyhow::{Context, Result, bail};
 
+use crate::sys::errno_of;
+
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_HDR_LEN: usize = 16;
@@ -99,12 +101,6 @@ const NLA_TYPE_MASK: u16 = 0x3fff;
 
 fn u32_of(v: &[u8]) -> Option<u32> {
     Some(u32::from_ne_bytes(v.get(..4)?.try_into().ok()?))
-}
-
-fn errno_of(e: &anyhow::Error) -> Option<i32> {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<std::io::Error>())
-        .and_then(|e| e.raw_os_error())
 }
 
 /// Sends one request (`body` after the header) and returns the payload of

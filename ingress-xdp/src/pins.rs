@@ -456,11 +456,7 @@ pub fn load_object_bytes(object: &[u8], maps_dir: &Path, attach_id: u32) -> Resu
 
 /// Turns the kernel's terse refusals of bpf(2) into what the operator can do.
 pub fn explain_bpf_refusal(err: anyhow::Error) -> anyhow::Error {
-    let errno = err
-        .chain()
-        .find_map(|e| e.downcast_ref::<std::io::Error>())
-        .and_then(|e| e.raw_os_error());
-    match errno {
+    match sys::errno_of(&err) {
         Some(libc::ENOSYS) => err.context(
             "this kernel has no BPF support (bpf(2) returned ENOSYS: CONFIG_BPF_SYSCALL is off)",
         ),

@@ -9,6 +9,13 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+/// The errno of the first OS error in `err`'s chain, if any.
+pub fn errno_of(err: &anyhow::Error) -> Option<i32> {
+    err.chain()
+        .find_map(|e| e.downcast_ref::<std::io::Error>())
+        .and_then(|e| e.raw_os_error())
+}
+
 /// Where bpffs is mounted by convention.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
