@@ -130,6 +130,7 @@ fn cost_panel(run: &Run) -> Panel {
         ),
         (Subject::XdpFilter, "xdp-filter", OTHER),
         (Subject::Minimal, "minimal port check", CEILING),
+        (Subject::MinimalLookup, "minimal + rule lookup", CEILING),
         (Subject::MinimalMaps, "minimal + our maps", CEILING),
     ];
     let rows = run.cost.done().map_or_else(Vec::new, |c| {
@@ -161,9 +162,11 @@ fn method_color(m: Method) -> RGBColor {
         | Method::OursXdpNative
         | Method::OursXdpNativeEvents
         | Method::OursXdpNativeNoEventCode => OURS,
-        Method::MinimalDrop | Method::MinimalEthertype | Method::MinimalMaps | Method::BareDrop => {
-            CEILING
-        }
+        Method::MinimalDrop
+        | Method::MinimalEthertype
+        | Method::MinimalLookup
+        | Method::MinimalMaps
+        | Method::BareDrop => CEILING,
         _ => OTHER,
     }
 }

@@ -20,7 +20,7 @@ use crate::{
     cpu,
     frames::{self, BLOCKED_PORT, Frame, Kind},
     ours::{self, Ours},
-    progs::{FLOOR_TC, FLOOR_XDP, MINIMAL_DROP, MINIMAL_MAPS, Reference},
+    progs::{FLOOR_TC, FLOOR_XDP, MINIMAL_DROP, MINIMAL_LOOKUP, MINIMAL_MAPS, Reference},
     stats::Summary,
     topo::{Pair, RxSetup},
     xdp_filter::XdpFilter,
@@ -102,6 +102,9 @@ pub enum Subject {
     XdpFilter,
     /// The reference minimal port check (fixed offset, no map).
     Minimal,
+    /// The minimal check with its verdict from one rule-array slot: the
+    /// lookup no table-driven filter can skip.
+    MinimalLookup,
     /// The minimal check plus ingress-xdp's map accesses for a blocked port.
     MinimalMaps,
     /// Ours XDP, 1 port, with drop events on at the default rate limit
@@ -113,7 +116,7 @@ pub enum Subject {
 }
 
 impl Subject {
-    pub const ALL: [Subject; 13] = [
+    pub const ALL: [Subject; 14] = [
         Subject::Floor(Hook::Xdp),
         Subject::Floor(Hook::Tc),
         Subject::Ours(Hook::Xdp, Rules::One),
@@ -124,6 +127,7 @@ impl Subject {
         Subject::Ours(Hook::Tc, Rules::Counted),
         Subject::XdpFilter,
         Subject::Minimal,
+        Subject::MinimalLookup,
         Subject::MinimalMaps,
         Subject::OursEvents,
         Subject::OursNoEventCode,
@@ -134,6 +138,7 @@ impl Subject {
             Subject::Floor(h) | Subject::Ours(h, _) => h,
             Subject::XdpFilter
             | Subject::Minimal
+            | Subject::MinimalLookup
             | Subject::MinimalMaps
             | Subject::OursEvents
             | Subject::OursNoEventCode => Hook::Xdp,
@@ -152,6 +157,7 @@ impl Subject {
             Subject::Ours(Hook::Tc, Rules::Counted) => "ours TC, 4,096 counted",
             Subject::XdpFilter => "xdp-filter",
             Subject::Minimal => "minimal port check",
+            Subject::MinimalLookup => "minimal + rule lookup",
             Subject::MinimalMaps => "minimal + our maps",
             Subject::OursEvents => "ours XDP, events on",
             Subject::OursNoEventCode => "ours XDP, no event code",
@@ -288,6 +294,7 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
             Subject::Ours(Hook::Tc, Rules::Counted) => Prog::Tc(ours::tc(&tc_counted)?),
             Subject::XdpFilter => Prog::Xdp(&filter_prog),
             Subject::Minimal => Prog::Xdp(reference.xdp(MINIMAL_DROP)?),
+            Subject::MinimalLookup => Prog::Xdp(reference.xdp(MINIMAL_LOOKUP)?),
             Subject::MinimalMaps => Prog::Xdp(reference.xdp(MINIMAL_MAPS)?),
             Subject::OursEvents => Prog::Xdp(ours::xdp(&xdp_events)?),
             Subject::OursNoEventCode => Prog::Xdp(ours::xdp(&xdp_no_event_code)?),

@@ -18,7 +18,7 @@ use ingress_xdp::{
 use crate::{
     counters::Counter,
     ours::Ours,
-    progs::{BARE_DROP, MINIMAL_DROP, MINIMAL_ETHERTYPE, MINIMAL_MAPS, Reference},
+    progs::{BARE_DROP, MINIMAL_DROP, MINIMAL_ETHERTYPE, MINIMAL_LOOKUP, MINIMAL_MAPS, Reference},
     sh::run_in,
     topo::Pair,
     xdp_filter::XdpFilter,
@@ -38,12 +38,13 @@ pub enum Method {
     OursXdpNativeNoEventCode,
     MinimalDrop,
     MinimalEthertype,
+    MinimalLookup,
     MinimalMaps,
     BareDrop,
 }
 
 impl Method {
-    pub const ALL: [Method; 14] = [
+    pub const ALL: [Method; 15] = [
         Method::None,
         Method::IptablesInput,
         Method::IptablesRaw,
@@ -56,6 +57,7 @@ impl Method {
         Method::OursXdpNativeNoEventCode,
         Method::MinimalDrop,
         Method::MinimalEthertype,
+        Method::MinimalLookup,
         Method::MinimalMaps,
         Method::BareDrop,
     ];
@@ -75,6 +77,7 @@ impl Method {
             Method::OursXdpNativeNoEventCode => "ours, XDP native, no event code",
             Method::MinimalDrop => "minimal XDP port check",
             Method::MinimalEthertype => "minimal check + EtherType",
+            Method::MinimalLookup => "minimal check + rule lookup",
             Method::MinimalMaps => "minimal check + our maps",
             Method::BareDrop => "bare XDP_DROP",
         }
@@ -109,6 +112,11 @@ impl Method {
                 "the minimal port check that first reads the EtherType (bytes 12-13), as any \
                  parser must: the header bytes it touches may span two cache lines of the \
                  frame, the port alone one"
+            }
+            Method::MinimalLookup => {
+                "the minimal port check with its verdict read from the port's slot of a rule \
+                 array shaped like ours: one map access, no counter, no parser; the one lookup \
+                 no filter that follows a rule table can skip, so a floor for ours live"
             }
             Method::MinimalMaps => {
                 "the minimal port check plus the memory ingress-xdp touches for a blocked port \
@@ -178,6 +186,7 @@ impl Method {
             Method::MinimalDrop => attach_reference(pair, MINIMAL_DROP),
             Method::OursXdpNativeNoEventCode => attach_without_events(pair, ours),
             Method::MinimalEthertype => attach_reference(pair, MINIMAL_ETHERTYPE),
+            Method::MinimalLookup => attach_reference(pair, MINIMAL_LOOKUP),
             Method::MinimalMaps => attach_reference(pair, MINIMAL_MAPS),
             Method::BareDrop => attach_reference(pair, BARE_DROP),
         };

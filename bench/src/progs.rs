@@ -1,12 +1,16 @@
 //! The reference programs (crate `ingress-xdp-bench-ebpf`, built by build.rs):
 //! the test_run floor for each hook, a bare XDP_DROP, a minimal port check,
-//! the minimal check plus ingress-xdp's map accesses, the XDP_TX generator.
+//! the minimal check with one rule lookup, the minimal check plus
+//! ingress-xdp's map accesses, the XDP_TX generator.
 
 use anyhow::{Context, Result};
 use aya::{
     Ebpf,
+    maps::Array,
     programs::{SchedClassifier, Xdp},
 };
+
+use crate::frames::BLOCKED_PORT;
 
 static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress-xdp-bench-progs"));
@@ -17,6 +21,7 @@ pub const BARE_DROP: &str = "bare_drop";
 pub const MINIMAL_DROP: &str = "minimal_drop";
 pub const MINIMAL_MAPS: &str = "minimal_maps";
 pub const MINIMAL_ETHERTYPE: &str = "minimal_ethertype";
+pub const MINIMAL_LOOKUP: &str = "minimal_lookup";
 pub const XDP_TX: &str = "xdp_tx";
 
 /// One instance of the object with every program loaded into the kernel.
@@ -32,12 +37,21 @@ impl Reference {
             BARE_DROP,
             MINIMAL_DROP,
             MINIMAL_ETHERTYPE,
+            MINIMAL_LOOKUP,
             MINIMAL_MAPS,
             XDP_TX,
         ] {
             let prog: &mut Xdp = program(&mut ebpf, name)?.try_into()?;
             prog.load().with_context(|| format!("loading {name}"))?;
         }
+        // minimal_lookup drops what its slot marks (action byte non-zero).
+        let mut slots: Array<_, u32> = ebpf
+            .map_mut("SLOTS")
+            .context("SLOTS missing from the reference object")?
+            .try_into()?;
+        slots
+            .set(u32::from(BLOCKED_PORT), 1, 0)
+            .context("marking the blocked port's slot in SLOTS")?;
         let prog: &mut SchedClassifier = program(&mut ebpf, FLOOR_TC)?.try_into()?;
         prog.load().with_context(|| format!("loading {FLOOR_TC}"))?;
         Ok(Self { ebpf })

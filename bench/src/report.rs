@@ -174,10 +174,13 @@ fn part1(md: &mut String, run: &Run) {
          each blocked as a spec of its own, so each has its own counter and the counter table \
          is full (checked before the runs). The minimal port check is a reference \
          program that reads the TCP port at the fixed offset of an untagged IPv4 frame and \
-         compares it (no parsing, no map, no counter); \"minimal + our maps\" adds exactly \
+         compares it (no parsing, no map, no counter); \"minimal + rule lookup\" takes its \
+         verdict from the port's slot in an array shaped like our rule table (the one access no \
+         table-driven filter can skip); \"minimal + our maps\" adds exactly \
          the memory ours touches for a blocked port (its rule slot, that rule's per-CPU \
          counter, the attach point's per-CPU bucket), so the ladder bare -> minimal -> \
-         minimal + our maps -> ours prices the packet, the map accesses and the parser apart. \
+         rule lookup -> minimal + our maps -> ours prices the packet, the lookup, the \
+         counters and the parser apart. \
          \"ours XDP, events on\" has drop events on at the default rate limit; \"ours XDP, no \
          event code\" is the same program built with the event code compiled out (the eBPF \
          crate's second binary), so beside \"ours XDP\" (events off) it prices the switched-off \
@@ -199,6 +202,7 @@ fn part1(md: &mut String, run: &Run) {
         Subject::Ours(Hook::Tc, Rules::Counted),
         Subject::XdpFilter,
         Subject::Minimal,
+        Subject::MinimalLookup,
         Subject::MinimalMaps,
         Subject::OursEvents,
         Subject::OursNoEventCode,
