@@ -197,6 +197,32 @@ fn those_who_find_bpffs_missing_together_mount_it_once() {
     assert!(ingress_xdp::sys::is_bpffs(&root));
 }
 
+/// `ip netns exec` gives the command a mount namespace of its own with a
+/// fresh /sys, where bpffs is missing. A bpffs mounted there dies with the
+/// command, and the rule and links pinned in it with it: the command
+/// "succeeded" and nothing stayed. It must refuse and say what to run.
+#[test]
+fn a_command_that_would_pin_into_a_vanishing_bpffs_refuses() {
+    let ns = support::Netns::new("owmn");
+    let pin_dir = std::path::Path::new("/sys/fs/bpf").join(support::unique("owmn"));
+    let out = support::sh_out(&format!(
+        "ip netns exec {} {} attach --iface lo --no-sbox --pin-dir {}",
+        ns.name,
+        support::bin(),
+        pin_dir.display()
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "attach under `ip netns exec` succeeded into a private bpffs: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("would vanish"), "{stderr}");
+    assert!(stderr.contains("not the host's bpffs"), "{stderr}");
+    assert!(stderr.contains("nsenter --net="), "{stderr}");
+    assert!(!pin_dir.exists(), "nothing is created in the host's bpffs");
+}
+
 fn mounts_at(dir: &std::path::Path) -> usize {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let dir = dir.to_str().unwrap();

@@ -56,8 +56,9 @@ pub fn ensure_bpffs_mounted() -> Result<()> {
 /// parent directory and looks again once the lock is held.
 pub fn ensure_bpffs_mounted_at(root: &Path) -> Result<()> {
     if is_bpffs(root) {
-        return Ok(());
+        return ensure_bpffs_lasts(root);
     }
+    ensure_bpffs_lasts(root)?;
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let _lock = DirLock::acquire(root.parent().unwrap_or(root))?;
     if is_bpffs(root) {
@@ -83,6 +84,53 @@ pub fn ensure_bpffs_mounted_at(root: &Path) -> Result<()> {
     }
     tracing::info!("mounted bpffs at {}", root.display());
     Ok(())
+}
+
+/// Refuses a bpffs at `root` that dies with this process's mount namespace.
+///
+/// `ip netns exec` runs its command in a mount namespace of its own, with a
+/// fresh /sys where bpffs is missing. A bpffs mounted there goes, with what
+/// is pinned in it, when the command exits: the attach "succeeds" and no
+/// program stays. So outside the host's mount namespace, `root` must be the
+/// host's own bpffs. The host is pid 1 (in a container, the container's
+/// init), or, where pid 1 is not ours to inspect (some sandboxes), kthreadd,
+/// which lives in the initial mount namespace; when neither can be read, it
+/// goes ahead as before.
+fn ensure_bpffs_lasts(root: &Path) -> Result<()> {
+    let id = |p: &Path| std::fs::metadata(p).map(|m| (m.dev(), m.ino()));
+    let Ok(ours) = id(Path::new("/proc/self/ns/mnt")) else {
+        return Ok(());
+    };
+    let host = ["1", "2"].into_iter().find_map(|pid| {
+        let proc = Path::new("/proc").join(pid);
+        if pid == "2" && std::fs::read_to_string(proc.join("comm")).ok()?.trim() != "kthreadd" {
+            return None;
+        }
+        Some((id(&proc.join("ns/mnt")).ok()?, proc))
+    });
+    let Some((init, proc)) = host else {
+        return Ok(());
+    };
+    if ours == init {
+        return Ok(());
+    }
+    let hosts = proc
+        .join("root")
+        .join(root.strip_prefix("/").unwrap_or(root));
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev());
+    match (dev(root), dev(&hosts)) {
+        (Ok(here), Ok(there)) if here == there && is_bpffs(root) => Ok(()),
+        (_, Err(_)) => Ok(()),
+        _ => bail!(
+            "{} is not the host's bpffs: this command runs in a mount namespace of its own, \
+             and what it pinned there would vanish when it exits, every rule and attachment \
+             with it. `ip netns exec` does this (it remounts /sys); use \
+             `nsenter --net=/var/run/netns/NAME` instead, or bind the host's {} into this \
+             namespace",
+            root.display(),
+            root.display()
+        ),
+    }
 }
 
 /// Identity of a network namespace: (st_dev, st_ino) of its nsfs file.
