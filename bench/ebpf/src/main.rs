@@ -32,6 +32,18 @@ const BLOCKED_PORT: u16 = 8080;
 /// Ethernet + IPv4 without options: the TCP destination port's offset.
 const DPORT_OFFSET: usize = 14 + 20 + 2;
 
+/// The TCP destination port at the fixed offset, if the frame holds it.
+#[inline(always)]
+fn fixed_dport(ctx: &XdpContext) -> Option<u16> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + DPORT_OFFSET + 2 > end {
+        return None;
+    }
+    // SAFETY: bounds-checked against data_end just above.
+    let dport = unsafe { core::ptr::read_unaligned((data + DPORT_OFFSET) as *const [u8; 2]) };
+    Some(u16::from_be_bytes(dport))
+}
+
 /// The least a port filter must do: read the destination port at the fixed
 /// offset of an untagged IPv4/TCP frame without options, and drop it if it
 /// is the blocked one. No parsing, no map, no counter. It tells the cost of
@@ -39,16 +51,9 @@ const DPORT_OFFSET: usize = 14 + 20 + 2;
 /// miss bare_drop never pays) from the cost of ingress-xdp's work.
 #[xdp]
 pub fn minimal_drop(ctx: XdpContext) -> u32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + DPORT_OFFSET + 2 > end {
-        return xdp_action::XDP_PASS;
-    }
-    // SAFETY: bounds-checked against data_end just above.
-    let dport = unsafe { core::ptr::read_unaligned((data + DPORT_OFFSET) as *const [u8; 2]) };
-    if u16::from_be_bytes(dport) == BLOCKED_PORT {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
+    match fixed_dport(&ctx) {
+        Some(BLOCKED_PORT) => xdp_action::XDP_DROP,
+        _ => xdp_action::XDP_PASS,
     }
 }
 
@@ -95,13 +100,10 @@ static RULE_COUNTS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(4097, 
 /// filter that follows a rule table can skip, a floor for ours live.
 #[xdp]
 pub fn minimal_lookup(ctx: XdpContext) -> u32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + DPORT_OFFSET + 2 > end {
+    let Some(dport) = fixed_dport(&ctx) else {
         return xdp_action::XDP_PASS;
-    }
-    // SAFETY: bounds-checked against data_end just above.
-    let dport = unsafe { core::ptr::read_unaligned((data + DPORT_OFFSET) as *const [u8; 2]) };
-    match SLOTS.get(u32::from(u16::from_be_bytes(dport))) {
+    };
+    match SLOTS.get(u32::from(dport)) {
         Some(slot) if slot & 0xff != 0 => xdp_action::XDP_DROP,
         _ => xdp_action::XDP_PASS,
     }
@@ -113,19 +115,15 @@ pub fn minimal_lookup(ctx: XdpContext) -> u32 {
 /// beside ingress-xdp, what remains is the parser.
 #[xdp]
 pub fn minimal_maps(ctx: XdpContext) -> u32 {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    if data + DPORT_OFFSET + 2 > end {
+    let Some(dport) = fixed_dport(&ctx) else {
         return xdp_action::XDP_PASS;
-    }
-    // SAFETY: bounds-checked against data_end just above.
-    let dport = unsafe { core::ptr::read_unaligned((data + DPORT_OFFSET) as *const [u8; 2]) };
-    let dport = u16::from_be_bytes(dport);
+    };
     let counter = SLOTS.get(u32::from(dport)).copied().unwrap_or(0) >> 16;
     if let Some(c) = RULE_COUNTS.get_ptr_mut(counter) {
         // SAFETY: this CPU's value.
         unsafe {
             (*c)[0] += 1;
-            (*c)[1] += (end - data) as u64;
+            (*c)[1] += (ctx.data_end() - ctx.data()) as u64;
         }
     }
     let verdict = if dport == BLOCKED_PORT {
