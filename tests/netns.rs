@@ -544,29 +544,33 @@ fn bad_input_is_refused_and_rules_stay() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("ip_local_port_range 40000-41000"));
 }
 
+/// From a private mount namespace (as a tool that unshares one would run
+/// us) the CLI takes its pin directory from the environment and, without
+/// --iface, the interface holding the default route (v1), and pins into
+/// the host's bpffs, which that namespace still sees. Once bpffs is gone
+/// there, a bpffs mounted in its place would die with the command, and the
+/// attach with it: the CLI refuses and mounts nothing.
 #[test]
-fn pin_dir_from_env_default_route_iface_and_bpffs_mounted_when_missing() {
+fn pin_dir_from_env_default_route_iface_and_no_private_bpffs() {
     let ns = Netns::new("m");
     ns.exec(
         "ip link add v0 type veth peer name v1 && ip link set v0 up && ip link set v1 up && \
          ip addr add 10.99.0.1/24 dev v1 && ip route add default via 10.99.0.2",
     );
     let dir = PathBuf::from("/sys/fs/bpf").join(support::unique("env"));
-    // A private mount namespace without bpffs at /sys/fs/bpf: attach mounts a
-    // fresh one there (seen only inside this mount namespace) and uses it.
-    // Without --iface it picks the interface holding the default route (v1).
-    let script = format!(
-        "umount /sys/fs/bpf 2>/dev/null; \
-         if mountpoint -q /sys/fs/bpf; then echo still-mounted; exit 1; fi; \
-         export INGRESS_XDP_PIN_DIR={dir}; \
-         {bin} attach --no-sbox && {bin} block 80 && \
-         mountpoint -q /sys/fs/bpf && {bin} list && {bin} detach --purge",
-        dir = dir.display(),
-        bin = support::bin()
-    );
-    let out = support::sh_out(&format!(
-        "unshare --mount --propagation private {}",
-        ns.wrap(&script)
+    let _cleanup = TestPins::removed_on_drop(&dir);
+    let in_private_mount_ns = |script: String| {
+        support::sh_out(&format!(
+            "unshare --mount --propagation private {}",
+            ns.wrap(&format!(
+                "export INGRESS_XDP_PIN_DIR={}; {script}",
+                dir.display()
+            ))
+        ))
+    };
+    let bin = support::bin();
+    let out = in_private_mount_ns(format!(
+        "{bin} attach --no-sbox && {bin} block 80 && {bin} list"
     ));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -576,7 +580,26 @@ fn pin_dir_from_env_default_route_iface_and_bpffs_mounted_when_missing() {
     );
     assert!(stdout.contains("attached v1: xdp"), "{stdout}");
     assert!(stdout.contains("80/tcp"), "{stdout}");
-    assert!(!dir.exists(), "the pins lived in the private bpffs only");
+    assert!(dir.exists(), "the pins are in the host's bpffs");
+    let out = support::sh_out(&format!("{bin} detach --purge --pin-dir {}", dir.display()));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = in_private_mount_ns(format!(
+        "umount /sys/fs/bpf 2>/dev/null; \
+         if mountpoint -q /sys/fs/bpf; then echo still-mounted; exit 3; fi; \
+         {bin} attach --no-sbox; rc=$?; \
+         if mountpoint -q /sys/fs/bpf; then echo mounted-one; fi; exit $rc"
+    ));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("not the host's bpffs"), "{stderr}");
+    assert!(!stdout.contains("mounted-one"), "{stdout}");
+    assert!(!dir.exists(), "nothing pinned anywhere");
 }
 
 /// (id, program id, link id, build) of every attach point, from `status --json`.

@@ -78,6 +78,14 @@ impl TestPins {
         Self { pins }
     }
 
+    /// Cleans up `dir` on drop without creating anything: for a pin
+    /// directory that the command under test creates.
+    pub fn removed_on_drop(dir: &Path) -> Self {
+        Self {
+            pins: ingress_xdp::pins::Pins::new(dir),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         self.pins.dir()
     }
