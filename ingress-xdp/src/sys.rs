@@ -55,10 +55,10 @@ pub fn ensure_bpffs_mounted() -> Result<()> {
 /// hiding what is pinned in the first, so it mounts under a lock of the
 /// parent directory and looks again once the lock is held.
 pub fn ensure_bpffs_mounted_at(root: &Path) -> Result<()> {
-    if is_bpffs(root) {
-        return ensure_bpffs_lasts(root);
-    }
     ensure_bpffs_lasts(root)?;
+    if is_bpffs(root) {
+        return Ok(());
+    }
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     let _lock = DirLock::acquire(root.parent().unwrap_or(root))?;
     if is_bpffs(root) {
