@@ -84,6 +84,15 @@ struct Args {
     /// Drop methods of part 2 [default: all].
     #[arg(long, value_delimiter = ',')]
     methods: Vec<methods::Method>,
+    /// Trials of part 2 per method [default: 5, or 1 with --quick]; more
+    /// narrow the medians where the machine is noisy.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    rate_trials: Option<u16>,
+    /// Frames per generator batch in part 2 [default: 64]. The receiver
+    /// wakes once per batch: a cost per packet that stays put from 16 to
+    /// 256 is paid per packet, one that moves is paid per wake-up.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(generator::MAX_BATCH)))]
+    rate_batch: Option<u32>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,6 +132,7 @@ impl Plan {
                     trials: 1,
                     duration: Duration::from_millis(300),
                     warmup: Duration::from_millis(100),
+                    batch: rate::DEFAULT_BATCH,
                 },
                 control: ControlSettings {
                     latency_trials: 5,
@@ -151,6 +161,7 @@ impl Plan {
                     trials: 5,
                     duration: Duration::from_secs(2),
                     warmup: Duration::from_millis(300),
+                    batch: rate::DEFAULT_BATCH,
                 },
                 control: ControlSettings {
                     latency_trials: 60,
@@ -234,7 +245,13 @@ fn bench(args: &Args) -> Result<bool> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     interrupt::install();
-    let plan = Plan::new(args.quick);
+    let mut plan = Plan::new(args.quick);
+    if let Some(trials) = args.rate_trials {
+        plan.rate.trials = usize::from(trials);
+    }
+    if let Some(batch) = args.rate_batch {
+        plan.rate.batch = batch;
+    }
     let started = Instant::now();
     let machine = machine::Machine::describe();
     let reference = progs::Reference::load()?;

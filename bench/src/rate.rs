@@ -30,9 +30,9 @@ use crate::{
 
 /// Frame length (64-byte SYNs, as in the platform notes' measurements).
 const FRAME_LEN: usize = 64;
-/// Frames per generator batch (the platform notes' setting; each batch
-/// wakes the receiver's NAPI once).
-const BATCH: u32 = 64;
+/// Frames per generator batch by default (the platform notes' setting;
+/// each batch wakes the receiver's NAPI once).
+pub const DEFAULT_BATCH: u32 = 64;
 
 /// Time for frames still in the veth ring to be processed after a run.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -44,6 +44,9 @@ pub struct RateSettings {
     pub duration: Duration,
     /// Traffic before each measured run (caches, page pool, neighbours).
     pub warmup: Duration,
+    /// Frames per generator batch: the receiver's NAPI wakes once per batch,
+    /// so a cost that moves with it is paid per wake-up, not per packet.
+    pub batch: u32,
 }
 
 /// One method over all trials.
@@ -131,7 +134,7 @@ fn drop_rate(
         threaded: false,
     })?;
     let installed = method.install(&pair, BLOCKED_PORT, ours)?;
-    let generator = Generator::new(tx_prog, &pair, syn_to_receiver(&pair), BATCH)?;
+    let generator = Generator::new(tx_prog, &pair, syn_to_receiver(&pair), settings.batch)?;
     let cpus = [0, 1];
     generator.run(&cpus, settings.warmup)?;
     std::thread::sleep(SETTLE);
@@ -156,7 +159,7 @@ fn receiver_cost(
         threaded: true,
     })?;
     let _installed = method.install(&pair, BLOCKED_PORT, ours)?;
-    let generator = Generator::new(tx_prog, &pair, syn_to_receiver(&pair), BATCH)?;
+    let generator = Generator::new(tx_prog, &pair, syn_to_receiver(&pair), settings.batch)?;
     generator.run(&[0], settings.warmup)?;
     // Found after installing: the kernel may recreate NAPI on attach.
     let kthread = cpu::napi_kthread(&pair.rx_if)?;

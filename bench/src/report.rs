@@ -267,9 +267,10 @@ fn part2(md: &mut String, run: &Run) {
          counters; with no filter, the packets the interface took in). **Receiver cost:** one \
          rx queue, threaded NAPI, its kthread pinned to CPU 1 and one generator thread on CPU \
          0; the kthread's run time (schedstat) divided by the packets it took in. It includes \
-         veth's own work and a wake-up of the kthread per batch of 64 frames. Each (method, \
+         veth's own work and a wake-up of the kthread per batch of {} frames. Each (method, \
          trial) runs on fresh namespaces: {} trials of {:.1} s per measurement, after {:.1} s \
          of warm-up.\n",
+        s.batch,
         s.trials,
         s.duration.as_secs_f64(),
         s.warmup.as_secs_f64()
