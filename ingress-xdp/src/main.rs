@@ -1,7 +1,7 @@
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
-use ingress_xdp::cli::{Cli, Command, run};
+use ingress_xdp::cli::{Cli, Command, output, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -25,8 +25,16 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
-    match run(cli) {
+    let result = run(cli);
+    // The work is done either way; say so if its report could not be
+    // written (a closed pipe excepted: that reader had read enough).
+    if let Some(err) = output::take_error() {
+        eprintln!("error: writing to standard output: {err}");
+        return ExitCode::FAILURE;
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if output::is_closed_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the outermost context, then its causes.
             eprintln!("error: {err:#}");

@@ -7,9 +7,14 @@ use clap::CommandFactory;
 use super::*;
 
 pub(super) fn cmd_completions(shell: clap_complete::Shell) -> Result<()> {
+    // Into memory first: clap_complete panics on a failed write, and a
+    // closed pipe is a normal end (see `output`).
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "ingress-xdp", &mut script);
     let mut out = std::io::stdout().lock();
-    clap_complete::generate(shell, &mut Cli::command(), "ingress-xdp", &mut out);
-    out.flush().context("writing the completions to stdout")
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("writing the completions to stdout")
 }
 
 /// ingress-xdp(1): the top-level page, with every subcommand's long help

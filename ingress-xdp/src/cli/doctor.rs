@@ -48,9 +48,9 @@ pub(super) fn cmd_doctor(pins: &Pins, args: &DoctorArgs) -> Result<()> {
         for c in &checks {
             let level = c.level.label();
             if c.fix.is_empty() {
-                println!("{level:<4} {}: {}", c.name, c.found);
+                outln!("{level:<4} {}: {}", c.name, c.found);
             } else {
-                println!("{level:<4} {}: {} -> {}", c.name, c.found, c.fix);
+                outln!("{level:<4} {}: {} -> {}", c.name, c.found, c.fix);
             }
         }
     }

@@ -205,7 +205,7 @@ pub(super) fn cmd_events(pins: &Pins, args: &EventsArgs) -> Result<()> {
                 rate: *rate,
                 burst: *burst,
             })?;
-            println!("events on: at most {rate} per second and CPU, bursts of {burst}");
+            outln!("events on: at most {rate} per second and CPU, bursts of {burst}");
             Ok(())
         }
         Some(EventsAction::Off) => {
@@ -215,7 +215,7 @@ pub(super) fn cmd_events(pins: &Pins, args: &EventsArgs) -> Result<()> {
                 enabled: false,
                 ..before
             })?;
-            println!("events off");
+            outln!("events off");
             Ok(())
         }
         Some(EventsAction::Status { json }) => {
@@ -224,7 +224,7 @@ pub(super) fn cmd_events(pins: &Pins, args: &EventsArgs) -> Result<()> {
             if *json {
                 return write_json(&serde_json::json!({ "settings": settings, "counts": counts }));
             }
-            println!(
+            outln!(
                 "events {}: at most {} per second and CPU, bursts of {}; sent {}, held back by \
                  the limit {}, lost to a full ring {}",
                 if settings.enabled { "on" } else { "off" },
@@ -356,7 +356,7 @@ pub(super) fn cmd_top(pins: &Pins, args: &TopArgs) -> Result<()> {
     let switch = Switch::open(pins)?;
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
     if terminal {
-        print!("\x1b[2J");
+        out!("\x1b[2J");
     }
     let mut windows = 0u64;
     while !STOP.load(Ordering::Relaxed) {

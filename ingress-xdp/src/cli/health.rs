@@ -28,7 +28,7 @@ pub(super) fn cmd_health(pins: &Pins, run_dir: &Path, max_age: u64, json: bool) 
     } else {
         for c in &checks {
             let level = c.level.label();
-            println!("{level:<4} {}: {}", c.name, c.detail);
+            outln!("{level:<4} {}: {}", c.name, c.detail);
         }
     }
     if !healthy {

@@ -16,7 +16,7 @@ pub(super) fn cmd_metrics(pins: &Pins, output: Option<&Path>, max_rules: usize) 
         Some(snapshot),
     ));
     let Some(path) = output else {
-        print!("{text}");
+        out!("{text}");
         return Ok(());
     };
     let name = path

@@ -2,7 +2,7 @@
 //! commands, each a thin layer over the library, one file per command:
 //! [`targets`] (attach, detach), [`rules`] (block, unblock, list), [`stats`],
 //! [`status`], [`run`] (the agent), [`health`], [`doctor`] and [`docs`]
-//! (completions, man page).
+//! (completions, man page); [`output`] is how they all write to stdout.
 
 use std::{collections::BTreeSet, io::Write, path::PathBuf, time::Duration};
 
@@ -10,11 +10,23 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
+/// A line of a command's report on stdout; a closed pipe ends the output,
+/// never the command (see [`output`]).
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cli::output::line(format_args!($($arg)*)) };
+}
+
+/// Text on stdout without a newline, as [`outln!`] writes it.
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::cli::output::text(format_args!($($arg)*)) };
+}
+
 mod docs;
 mod doctor;
 mod events;
 mod health;
 mod metrics;
+pub mod output;
 mod rules;
 mod run;
 mod stats;
@@ -316,10 +328,11 @@ async fn shutdown_signal() {
 /// unbuffered, and a table of 10,000 rules is many small writes.
 fn write_json<T: Serialize>(value: &T) -> Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-    serde_json::to_writer(&mut out, value)?;
-    writeln!(out)?;
-    out.flush()?;
-    Ok(())
+    serde_json::to_writer(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(out))
+        .and_then(|()| out.flush())
+        .context("writing to standard output")
 }
 
 #[cfg(test)]

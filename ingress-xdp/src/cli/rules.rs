@@ -32,10 +32,10 @@ pub(super) fn cmd_block(pins: &Pins, args: BlockArgs) -> Result<()> {
     };
     for s in &args.specs {
         if spec.allow_from.is_empty() {
-            println!("{verb} {s}");
+            outln!("{verb} {s}");
         } else {
             let allow: Vec<String> = spec.allow_from.iter().map(|c| c.to_string()).collect();
-            println!("{verb} {s} (allowed from {})", allow.join(", "));
+            outln!("{verb} {s} (allowed from {})", allow.join(", "));
         }
     }
     Ok(())
@@ -48,12 +48,13 @@ pub(super) fn cmd_unblock(pins: &Pins, specs: &[PortSpec]) -> Result<()> {
     let mut table = RuleTable::open(pins)?;
     let removal = table.remove(specs)?;
     for s in specs {
-        println!("unblocked {s}");
+        outln!("unblocked {s}");
     }
     for (port, rule) in &removal.kept_by_docker {
-        println!(
+        outln!(
             "note: {port} stays blocked by the agent's policy: service {}: {}",
-            rule.service, rule.why
+            rule.service,
+            rule.why
         );
     }
     if removal.manual_rules == 0 {
@@ -74,8 +75,8 @@ pub(super) fn cmd_list(pins: &Pins, json: bool) -> Result<()> {
         return write_json(&RulesDoc { rules: &ranges });
     }
     let mut out = std::io::stdout().lock();
-    out.write_all(render_rules(&ranges).as_bytes())?;
-    Ok(())
+    out.write_all(render_rules(&ranges).as_bytes())
+        .context("writing the rules to standard output")
 }
 
 pub fn render_rules(ranges: &[RuleRange]) -> String {

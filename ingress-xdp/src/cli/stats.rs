@@ -92,13 +92,13 @@ pub(super) fn cmd_stats(pins: &Pins, json: bool, watch: Option<u64>) -> Result<(
         if json {
             return write_json(&doc);
         }
-        print!("{}", render_stats(&doc, None));
+        out!("{}", render_stats(&doc, None));
         return Ok(());
     };
     let interval = Duration::from_secs(interval.max(1));
     let terminal = !json && std::io::IsTerminal::is_terminal(&std::io::stdout());
     if terminal {
-        print!("\x1b[2J");
+        out!("\x1b[2J");
     }
     let mut prev: Option<(StatsDoc, std::time::Instant)> = None;
     loop {

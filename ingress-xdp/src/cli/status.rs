@@ -25,22 +25,29 @@ pub(super) fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
             "attach_points": docs,
         }));
     }
-    println!(
+    outln!(
         "state layout {} in {}; this build {}",
         ingress_xdp_common::LAYOUT_VERSION,
         pins.dir().display(),
         pins::build()
     );
     if points.is_empty() {
-        println!(
+        outln!(
             "nothing attached (rules are kept in {})",
             pins.dir().display()
         );
         return Ok(());
     }
-    println!(
+    outln!(
         "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {:<20} STATE",
-        "ID", "NETNS", "IFACE", "HOOK", "MODE", "PROG", "LINK", "BUILD"
+        "ID",
+        "NETNS",
+        "IFACE",
+        "HOOK",
+        "MODE",
+        "PROG",
+        "LINK",
+        "BUILD"
     );
     for p in points {
         let build = if p.build == pins::build() {
@@ -48,7 +55,7 @@ pub(super) fn cmd_status(pins: &Pins, json: bool) -> Result<()> {
         } else {
             format!("{} (older: run attach)", p.build)
         };
-        println!(
+        outln!(
             "{:<4} {:<40} {:<12} {:<5} {:<8} {:>8} {:>8}  {:<20} {}",
             p.id,
             netns_column(&p),

@@ -82,7 +82,7 @@ pub(super) fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
     let targets = resolve_targets(&args)?;
     let prepared = upgrade::prepare(pins)?;
     for line in prepared.describe(pins) {
-        println!("{line}");
+        outln!("{line}");
     }
     let _lock = pins.lock()?;
     for target in &targets {
@@ -97,26 +97,30 @@ pub(super) fn cmd_attach(pins: &Pins, args: AttachArgs) -> Result<()> {
         let mode = p.mode.map(|m| format!(" ({m})")).unwrap_or_default();
         let just_upgraded = prepared.upgraded.iter().any(|u| u.point.id == p.id);
         if let Some(from) = &report.upgraded_from {
-            println!(
+            outln!(
                 "upgraded {target}: {}{mode}, program {} (build {from} -> {}), in place",
-                p.hook, p.program_id, p.build
+                p.hook,
+                p.program_id,
+                p.build
             );
         } else if just_upgraded {
             // Said above, with the migration.
         } else if report.already {
-            println!(
+            outln!(
                 "already attached: {target}: {}{mode}, program {}",
-                p.hook, p.program_id
+                p.hook,
+                p.program_id
             );
         } else {
-            println!(
+            outln!(
                 "attached {target}: {}{mode}, program {}",
-                p.hook, p.program_id
+                p.hook,
+                p.program_id
             );
         }
     }
     let rules = RuleTable::open(pins)?.ranges()?;
-    println!(
+    outln!(
         "{} rule(s) active; pinned in {}",
         rules.len(),
         pins.dir().display()
@@ -133,18 +137,18 @@ pub(super) fn cmd_detach(pins: &Pins, purge: bool) -> Result<()> {
     let lock = pins.lock()?;
     let points = attach::detach_all(pins)?;
     for p in &points {
-        println!("detached {}", p.target());
+        outln!("detached {}", p.target());
     }
     if points.is_empty() {
-        println!("nothing was attached");
+        outln!("nothing was attached");
     }
     if purge {
         drop(lock);
         attach::purge(pins)?;
-        println!("removed rules and {}", pins.dir().display());
+        outln!("removed rules and {}", pins.dir().display());
     } else {
         let n = RuleTable::open(pins)?.ranges()?.len();
-        println!("{n} rule(s) kept (they apply again on attach; `detach --purge` removes them)");
+        outln!("{n} rule(s) kept (they apply again on attach; `detach --purge` removes them)");
     }
     Ok(())
 }
