@@ -25,20 +25,19 @@ fn main() -> ExitCode {
         )
         .with_target(false)
         .init();
-    let result = run(cli);
-    // The work is done either way; say so if its report could not be
-    // written (a closed pipe excepted: that reader had read enough).
+    let mut code = ExitCode::SUCCESS;
+    // A reader that closed the pipe had read enough (see cli::output).
+    if let Err(err) = run(cli)
+        && !output::is_closed_pipe(&err)
+    {
+        // One line: the outermost context, then its causes.
+        eprintln!("error: {err:#}");
+        code = ExitCode::FAILURE;
+    }
+    // Whatever the command did, say so if its report could not be written.
     if let Some(err) = output::take_error() {
         eprintln!("error: writing to standard output: {err}");
-        return ExitCode::FAILURE;
+        code = ExitCode::FAILURE;
     }
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) if output::is_closed_pipe(&err) => ExitCode::SUCCESS,
-        Err(err) => {
-            // One line: the outermost context, then its causes.
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    code
 }
