@@ -253,7 +253,10 @@ fn has_manual(rules: &[RuleEntry]) -> bool {
 struct Failing {
     what: &'static str,
     env: Vec<(String, String)>,
+    /// Every one of these is in the agent's message.
     says: Vec<String>,
+    /// At least one of these is (none: no such check).
+    says_one_of: &'static [&'static str],
     manager_says: Option<&'static str>,
 }
 
@@ -418,20 +421,23 @@ fn worker_reads_a_tls_manager() {
                 "without TLS (DOCKER_TLS_VERIFY is not set)".into(),
                 "Client sent an HTTP request to an HTTPS server".into(),
             ],
+            says_one_of: &[],
             manager_says: None,
         },
         Failing {
             what: "DOCKER_TLS_VERIFY=1, DOCKER_CERT_PATH without cert.pem and key.pem",
             env: tls_env(&certs.no_client_cert),
-            says: vec![
-                format!(
-                    "no client certificate: {} and {} do not exist",
-                    certs.no_client_cert.join("cert.pem").display(),
-                    certs.no_client_cert.join("key.pem").display()
-                ),
-                // The engine's TLS alert (bad_certificate from this dockerd).
-                "received fatal alert".into(),
-            ],
+            says: vec![format!(
+                "no client certificate: {} and {} do not exist",
+                certs.no_client_cert.join("cert.pem").display(),
+                certs.no_client_cert.join("key.pem").display()
+            )],
+            // In TLS 1.3 the engine refuses the missing certificate after
+            // our side of the handshake is done. Its alert either answers
+            // the request, or kills the pooled connection before the
+            // request is written, and hyper then says only that. Either
+            // way the engine's own log names the reason (manager_says).
+            says_one_of: &["received fatal alert", "connection was not ready"],
             manager_says: Some("tls: client didn't provide a certificate"),
         },
         Failing {
@@ -441,6 +447,7 @@ fn worker_reads_a_tls_manager() {
                 format!("over TLS (CA {}", certs.wrong_ca.join("ca.pem").display()),
                 "invalid peer certificate: UnknownIssuer".into(),
             ],
+            says_one_of: &[],
             manager_says: Some("remote error: tls: unknown certificate authority"),
         },
     ];
@@ -456,6 +463,7 @@ fn worker_reads_a_tls_manager() {
         what,
         env,
         says,
+        says_one_of,
         manager_says,
     } in &cases
     {
@@ -486,8 +494,10 @@ fn worker_reads_a_tls_manager() {
             ms(FAILING)
         ));
         assert!(
-            line.contains(&manager_url) && says.iter().all(|n| line.contains(n)),
-            "{what}: expected a message naming {manager_url} and {says:?}:\n{log}"
+            line.contains(&manager_url)
+                && says.iter().all(|n| line.contains(n))
+                && (says_one_of.is_empty() || says_one_of.iter().any(|n| line.contains(n))),
+            "{what}: expected a message naming {manager_url}, {says:?} and one of {says_one_of:?}:\n{log}"
         );
         assert!(!log.contains(&reading), "{what}: read the manager?\n{log}");
         // The engine saw the attempts fail the same way, retried meanwhile.
