@@ -84,7 +84,7 @@ struct Args {
     /// Drop methods of part 2 [default: all].
     #[arg(long, value_delimiter = ',')]
     methods: Vec<methods::Method>,
-    /// Trials of part 2 per method [default: 5, or 1 with --quick]; more
+    /// Trials of part 2 per method [default: 9, or 1 with --quick]; more
     /// narrow the medians where the machine is noisy.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     rate_trials: Option<u16>,
@@ -158,7 +158,7 @@ impl Plan {
                     repeat: 1_000_000,
                 },
                 rate: RateSettings {
-                    trials: 5,
+                    trials: 9,
                     duration: Duration::from_secs(2),
                     warmup: Duration::from_millis(300),
                     batch: rate::DEFAULT_BATCH,
