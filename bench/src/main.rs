@@ -84,6 +84,12 @@ struct Args {
     /// Drop methods of part 2 [default: all].
     #[arg(long, value_delimiter = ',')]
     methods: Vec<methods::Method>,
+    /// Trials of part 1 [default: 9, or 2 with --quick]. Each program's
+    /// time comes in whole ns from the kernel and the machine drifts by a
+    /// nanosecond or two between runs: to tell apart two builds whose costs
+    /// differ by about 1 ns, run 25 or more, and each build more than once.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    cost_trials: Option<u16>,
     /// Trials of part 2 per method [default: 9, or 1 with --quick]; more
     /// narrow the medians where the machine is noisy.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -246,6 +252,9 @@ fn bench(args: &Args) -> Result<bool> {
 
     interrupt::install();
     let mut plan = Plan::new(args.quick);
+    if let Some(trials) = args.cost_trials {
+        plan.cost.trials = usize::from(trials);
+    }
     if let Some(trials) = args.rate_trials {
         plan.rate.trials = usize::from(trials);
     }
