@@ -333,13 +333,11 @@ pub fn ingress_tc(ctx: TcContext) -> i32 {
     let mut outcome = classify(&Frame::new(ctx.data(), ctx.data_end()), offloaded, &bytes);
     // An skb may hold its headers outside the linear area; only then pay for a
     // pull, and parse again.
-    if matches!(outcome, Outcome::NotParsed) {
-        let len = ctx.len();
-        if (len as usize) > ctx.data_end() - ctx.data()
-            && ctx.pull_data(len.min(TC_PULL_LEN)).is_ok()
-        {
-            outcome = classify(&Frame::new(ctx.data(), ctx.data_end()), offloaded, bytes);
-        }
+    if matches!(outcome, Outcome::NotParsed)
+        && (ctx.len() as usize) > ctx.data_end() - ctx.data()
+        && ctx.pull_data(ctx.len().min(TC_PULL_LEN)).is_ok()
+    {
+        outcome = classify(&Frame::new(ctx.data(), ctx.data_end()), offloaded, bytes);
     }
     record(outcome);
     match outcome {
