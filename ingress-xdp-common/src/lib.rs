@@ -87,6 +87,19 @@ pub struct Rule {
     pub counter: u16,
 }
 
+impl Rule {
+    /// The slot from its 4 bytes read as one little-endian word (BPF on
+    /// x86-64 and arm64 is little-endian).
+    #[inline(always)]
+    pub const fn from_word(word: u32) -> Self {
+        Self {
+            action: word as u8,
+            flags: (word >> 8) as u8,
+            counter: (word >> 16) as u16,
+        }
+    }
+}
+
 /// Key of a rule in the hash-keyed maps (counters, allowlists).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -391,6 +404,27 @@ mod tests {
         assert_eq!(core::mem::size_of::<EventConfig>(), 24);
         assert_eq!(core::mem::size_of::<EventLimiter>(), 40);
         assert_eq!(core::mem::size_of::<Event>(), 8 + 16 + 8 + 4 + 4);
+    }
+
+    #[test]
+    fn a_slot_read_as_one_word_is_the_same_rule() {
+        for rule in [
+            Rule::default(),
+            Rule {
+                action: action::BLOCK,
+                flags: rule_flags::HAS_ALLOWLIST | rule_flags::REPORT,
+                counter: 4096,
+            },
+            Rule {
+                action: action::AUDIT,
+                flags: rule_flags::REPORT,
+                counter: NO_COUNTER,
+            },
+        ] {
+            // SAFETY: `Rule` is 4 bytes of plain data, no padding (above).
+            let bytes: [u8; 4] = unsafe { core::mem::transmute(rule) };
+            assert_eq!(Rule::from_word(u32::from_le_bytes(bytes)), rule);
+        }
     }
 
     #[test]

@@ -99,12 +99,6 @@ impl Frame {
         Self { start, end }
     }
 
-    /// Its length in bytes.
-    #[inline(always)]
-    pub fn len(&self) -> usize {
-        self.end - self.start
-    }
-
     /// The `N` bytes at `offset`, if they lie inside the frame.
     #[inline(always)]
     pub fn bytes<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {

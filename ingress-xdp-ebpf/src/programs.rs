@@ -110,12 +110,13 @@ fn plane_proto(plane: u32) -> u8 {
 }
 
 #[inline(always)]
-fn source_allowed(frame: &Frame, offloaded_tags: usize) -> bool {
-    let Some(pkt) = reparse(frame, offloaded_tags) else {
+fn source_allowed(packet: &impl Packet) -> bool {
+    let frame = packet.frame();
+    let Some(pkt) = reparse(&frame, packet.offloaded_tags()) else {
         return false;
     };
     let key = RuleKey::new(plane_proto(pkt.plane), pkt.dport);
-    match parse::source_offset(frame, pkt.l3) {
+    match parse::source_offset(&frame, pkt.l3) {
         Some((at, false)) => frame.bytes::<4>(at).is_some_and(|addr| {
             let key = Key::new(ALLOW_RULE_PREFIX_BITS + 32, AllowKeyV4 { rule: key, addr });
             ALLOW_V4.get(&key).is_some()
@@ -129,22 +130,21 @@ fn source_allowed(frame: &Frame, offloaded_tags: usize) -> bool {
 }
 
 #[inline(always)]
-fn count_rule(counter: u16, bytes: u64) {
+fn count_rule(counter: u16, packet: &impl Packet) {
     // Uncounted rules share slot 0, so this never branches on a flag.
     if let Some(counters) = RULE_COUNTERS.get_ptr_mut(u32::from(counter)) {
         // SAFETY: per-CPU value of this CPU; no other writer while we run.
         unsafe {
             (*counters).packets += 1;
-            (*counters).bytes += bytes;
+            // Read after the lookup, so that it does not cross it.
+            (*counters).bytes += packet.len();
         }
     }
 }
 
 /// The packet's port, parsed again: the rare paths (allowlists, events)
 /// call this rather than have the common path carry the parse across its
-/// map lookups. To the compiler each lookup is a call that clobbers r0-r5,
-/// so every value carried across one takes one of the four callee-saved
-/// registers or a stack slot: carried, the parse (plane, port, offsets)
+/// map lookups (see [`Packet`]): carried, the parse (plane, port, offsets)
 /// and the length went to the stack on every matched packet.
 #[inline(always)]
 fn reparse(frame: &Frame, offloaded_tags: usize) -> Option<Judgeable> {
@@ -155,28 +155,40 @@ fn reparse(frame: &Frame, offloaded_tags: usize) -> Option<Judgeable> {
 }
 
 #[inline(always)]
-fn judge(frame: &Frame, offloaded_tags: usize, slot: u32, bytes: impl Fn() -> u64) -> Outcome {
+fn judge(packet: &impl Packet, slot: u32) -> Outcome {
     let Some(rule) = RULES.get(slot) else {
         return Outcome::Passed;
     };
-    let rule = *rule;
-    if rule.action == action::NONE {
+    // The slot as one word, tested in place: one register carries it across
+    // the counter lookup (see `Packet`), and no field is shifted out that a
+    // mask can test.
+    // SAFETY: `Rule` is 4 bytes, `repr(C)`, and 4-aligned in the array.
+    let word = unsafe { core::ptr::read(core::ptr::from_ref(rule).cast::<u32>()) };
+    if word & SLOT_ACTION == u32::from(action::NONE) {
         return Outcome::Passed;
     }
-    if rule.flags & rule_flags::HAS_ALLOWLIST != 0 && source_allowed(frame, offloaded_tags) {
+    if word & SLOT_HAS_ALLOWLIST != 0 && source_allowed(packet) {
         return Outcome::Allowed;
     }
-    count_rule(rule.counter, bytes());
-    let outcome = if rule.action == action::BLOCK {
+    count_rule(Rule::from_word(word).counter, packet);
+    let outcome = if word & u32::from(action::AUDIT) == 0 {
         Outcome::Dropped
     } else {
         Outcome::Audited
     };
-    if WITH_EVENTS && rule.flags & rule_flags::REPORT != 0 {
-        report(frame, offloaded_tags, outcome, bytes());
+    if WITH_EVENTS && word & SLOT_REPORT != 0 {
+        report(packet, outcome);
     }
     outcome
 }
+
+/// Masks of a `RULES` slot read as one little-endian word (see
+/// [`Rule::from_word`]).
+const SLOT_ACTION: u32 = 0xff;
+const SLOT_HAS_ALLOWLIST: u32 = (rule_flags::HAS_ALLOWLIST as u32) << 8;
+const SLOT_REPORT: u32 = (rule_flags::REPORT as u32) << 8;
+// A set rule is BLOCK or AUDIT, and AUDIT's one bit tells them apart.
+const _: () = assert!(action::BLOCK & action::AUDIT == 0 && action::AUDIT.is_power_of_two());
 
 /// Sends an event for a dropped or audited packet when events are on and
 /// this CPU's token bucket allows; called only for a rule whose slot says
@@ -185,7 +197,7 @@ fn judge(frame: &Frame, offloaded_tags: usize, slot: u32, bytes: impl Fn() -> u6
 /// switch by a moment. A full ring or an empty bucket is counted, never
 /// waited for.
 #[inline(always)]
-fn report(frame: &Frame, offloaded_tags: usize, outcome: Outcome, bytes: u64) {
+fn report(packet: &impl Packet, outcome: Outcome) {
     let Some(config) = EVENT_CONFIG.get(0) else {
         return;
     };
@@ -214,7 +226,8 @@ fn report(frame: &Frame, offloaded_tags: usize, outcome: Outcome, bytes: u64) {
         return;
     }
     limiter.budget_ns = budget - config.ns_per_event;
-    let Some(pkt) = reparse(frame, offloaded_tags) else {
+    let frame = packet.frame();
+    let Some(pkt) = reparse(&frame, packet.offloaded_tags()) else {
         // Cannot happen (this frame was judged by its port), but an event
         // that is not sent is counted.
         limiter.lost += 1;
@@ -256,7 +269,7 @@ fn report(frame: &Frame, offloaded_tags: usize, outcome: Outcome, bytes: u64) {
     entry.write(Event {
         time_ns: unsafe { bpf_ktime_get_ns() },
         src_addr,
-        frame_len: bytes as u32,
+        frame_len: packet.len() as u32,
         attach_id,
         src_port,
         dst_port: pkt.dport,
@@ -284,17 +297,77 @@ fn record(outcome: Outcome) {
     }
 }
 
-/// `offloaded_tags`: VLAN tags the kernel already took out of the frame
-/// (TC only), which count against the same limit as the tags still in it.
+/// The packet as the hook hands it over. Only the context pointer crosses a
+/// map lookup: to the compiler each lookup is a call that clobbers r0-r5,
+/// so every value carried across one takes one of the four callee-saved
+/// registers or a stack slot. What a later step needs (the frame for the
+/// rare paths, the length for the counter) is read from the context again,
+/// an L1 load, rather than carried.
+trait Packet {
+    fn frame(&self) -> Frame;
+    /// VLAN tags the kernel already took out of the frame (TC only), which
+    /// count against the same limit as the tags still in it.
+    fn offloaded_tags(&self) -> usize;
+    /// The length the rule counters add up.
+    fn len(&self) -> u64;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn frame(&self) -> Frame {
+        Frame::new(self.data(), self.data_end())
+    }
+
+    #[inline(always)]
+    fn offloaded_tags(&self) -> usize {
+        0
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        (self.data_end() - self.data()) as u64
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn frame(&self) -> Frame {
+        Frame::new(self.data(), self.data_end())
+    }
+
+    /// Before TCX runs the kernel moves the outer VLAN tag into the skb's
+    /// metadata; XDP sees it in the frame. Counting it keeps "at most two
+    /// tags" the same on both hooks.
+    #[inline(always)]
+    fn offloaded_tags(&self) -> usize {
+        // SAFETY: the context's __sk_buff is valid for the program's run.
+        unsafe { (*self.skb.skb).vlan_present as usize & 1 }
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u64 {
+        u64::from(TcContext::len(self))
+    }
+}
+
+/// Records the outcome in the attach point's bucket and returns the hook's
+/// verdict. A drop records its own bucket: with the outcome known there,
+/// the bucket's offset and the verdict are constants on the blocked path.
 #[inline(always)]
-fn classify(frame: &Frame, offloaded_tags: usize, bytes: impl Fn() -> u64) -> Outcome {
-    match parse::parse(frame, offloaded_tags) {
-        Ok(Parsed::Port(pkt)) => judge(
-            frame,
-            offloaded_tags,
-            rule_slot(pkt.plane, pkt.dport),
-            bytes,
-        ),
+fn verdict<T>(outcome: Outcome, drop: T, pass: T) -> T {
+    if outcome == Outcome::Dropped {
+        record(Outcome::Dropped);
+        drop
+    } else {
+        record(outcome);
+        pass
+    }
+}
+
+#[inline(always)]
+fn classify(packet: &impl Packet) -> Outcome {
+    match parse::parse(&packet.frame(), packet.offloaded_tags()) {
+        Ok(Parsed::Port(pkt)) => judge(packet, rule_slot(pkt.plane, pkt.dport)),
         Ok(Parsed::NoPort) => Outcome::Passed,
         Err(_) => Outcome::NotParsed,
     }
@@ -304,13 +377,7 @@ fn classify(frame: &Frame, offloaded_tags: usize, bytes: impl Fn() -> u64) -> Ou
 #[xdp]
 #[inline(always)]
 pub fn ingress_xdp(ctx: XdpContext) -> u32 {
-    let frame = Frame::new(ctx.data(), ctx.data_end());
-    let outcome = classify(&frame, 0, || frame.len() as u64);
-    record(outcome);
-    match outcome {
-        Outcome::Dropped => xdp_action::XDP_DROP,
-        _ => xdp_action::XDP_PASS,
-    }
+    verdict(classify(&ctx), xdp_action::XDP_DROP, xdp_action::XDP_PASS)
 }
 
 /// Headers beyond this many bytes are not pulled into the linear area.
@@ -322,29 +389,17 @@ const TC_PULL_LEN: u32 = 512;
 #[classifier]
 #[inline(always)]
 pub fn ingress_tc(ctx: TcContext) -> i32 {
-    // Before TCX runs the kernel moves the outer VLAN tag into the skb's
-    // metadata; XDP sees it in the frame. Counting it keeps "at most two
-    // tags" the same on both hooks.
-    // SAFETY: the context's __sk_buff is valid for the program's run.
-    let offloaded = unsafe { (*ctx.skb.skb).vlan_present } as usize & 1;
-    // Read where it is counted: kept from here, it would cross the map
-    // lookups (see `reparse`).
-    let bytes = || u64::from(ctx.len());
-    let mut outcome = classify(&Frame::new(ctx.data(), ctx.data_end()), offloaded, &bytes);
+    let mut outcome = classify(&ctx);
     // An skb may hold its headers outside the linear area; only then pay for a
     // pull, and parse again.
     if matches!(outcome, Outcome::NotParsed)
         && (ctx.len() as usize) > ctx.data_end() - ctx.data()
         && ctx.pull_data(ctx.len().min(TC_PULL_LEN)).is_ok()
     {
-        outcome = classify(&Frame::new(ctx.data(), ctx.data_end()), offloaded, bytes);
+        outcome = classify(&ctx);
     }
-    record(outcome);
-    match outcome {
-        Outcome::Dropped => TC_ACT_SHOT,
-        // UNSPEC lets later TCX programs and filters run.
-        _ => TC_ACT_UNSPEC,
-    }
+    // UNSPEC lets later TCX programs and filters run.
+    verdict(outcome, TC_ACT_SHOT, TC_ACT_UNSPEC)
 }
 
 #[cfg(not(test))]
