@@ -9,7 +9,10 @@
 //! all of them instead of biasing one.
 
 use anyhow::{Context, Result, bail};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::{
+    Ebpf,
+    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
+};
 use ingress_xdp::{
     events::{self, Counts, Settings, Switch},
     rules::RuleTable,
@@ -43,6 +46,8 @@ const COUNTED_FROM: u16 = 20000;
 pub struct CostSettings {
     pub trials: usize,
     pub repeat: u32,
+    /// Copies of each program loaded side by side (see [`run_copies`]).
+    pub copies: usize,
 }
 
 /// Which rule table our programs run against.
@@ -254,13 +259,18 @@ impl Prog<'_> {
 /// Runs part 1 on one pinned CPU (the last), in a thread of its own so the
 /// caller's affinity stays as it was.
 pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResults> {
+    let copies = settings.copies.max(1);
+    let load = |f: &dyn Fn() -> Result<Ebpf>| (0..copies).map(|_| f()).collect::<Result<Vec<_>>>();
     let few = Ours::with_blocks("bc", &Rules::One.specs())?;
     let many = Ours::with_blocks("bc", &Rules::TenThousand.specs())?;
     let counted = Ours::with_blocks("bc", &Rules::Counted.specs())?;
     check_counted(&counted)?;
-    let (xdp_few, xdp_many, xdp_counted) =
-        (few.load_xdp(0)?, many.load_xdp(0)?, counted.load_xdp(0)?);
-    let (tc_few, tc_many, tc_counted) = (few.load_tc(1)?, many.load_tc(1)?, counted.load_tc(1)?);
+    let xdp_few = load(&|| few.load_xdp(0))?;
+    let xdp_many = load(&|| many.load_xdp(0))?;
+    let xdp_counted = load(&|| counted.load_xdp(0))?;
+    let tc_few = load(&|| few.load_tc(1))?;
+    let tc_many = load(&|| many.load_tc(1))?;
+    let tc_counted = load(&|| counted.load_tc(1))?;
     let with_events = Ours::with_blocks("bce", &Rules::One.specs())?;
     let mut switch = Switch::open(with_events.pins())?;
     switch.set(Settings {
@@ -268,8 +278,14 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
         rate: events::DEFAULT_RATE,
         burst: events::DEFAULT_BURST,
     })?;
-    let xdp_events = with_events.load_xdp(0)?;
-    let xdp_no_event_code = few.load_xdp_without_events(0)?;
+    let xdp_events = load(&|| with_events.load_xdp(0))?;
+    let xdp_no_event_code = load(&|| few.load_xdp_without_events(0))?;
+    let more_references = (1..copies)
+        .map(|_| Reference::load())
+        .collect::<Result<Vec<_>>>()?;
+    let references: Vec<&Reference> = std::iter::once(reference)
+        .chain(more_references.iter())
+        .collect();
 
     let pair = Pair::new(RxSetup {
         queues: 1,
@@ -282,24 +298,38 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
         .map(|i| format!("{} (id {})", i.name_as_str().unwrap_or("?"), i.id()))
         .unwrap_or_else(|_| "xdp-filter".into());
 
-    let prog = |subject: Subject| -> Result<Prog<'_>> {
-        Ok(match subject {
-            Subject::Floor(Hook::Xdp) => Prog::Xdp(reference.xdp(FLOOR_XDP)?),
-            Subject::Floor(Hook::Tc) => Prog::Tc(reference.tc(FLOOR_TC)?),
-            Subject::Ours(Hook::Xdp, Rules::One) => Prog::Xdp(ours::xdp(&xdp_few)?),
-            Subject::Ours(Hook::Xdp, Rules::TenThousand) => Prog::Xdp(ours::xdp(&xdp_many)?),
-            Subject::Ours(Hook::Xdp, Rules::Counted) => Prog::Xdp(ours::xdp(&xdp_counted)?),
-            Subject::Ours(Hook::Tc, Rules::One) => Prog::Tc(ours::tc(&tc_few)?),
-            Subject::Ours(Hook::Tc, Rules::TenThousand) => Prog::Tc(ours::tc(&tc_many)?),
-            Subject::Ours(Hook::Tc, Rules::Counted) => Prog::Tc(ours::tc(&tc_counted)?),
-            Subject::XdpFilter => Prog::Xdp(&filter_prog),
-            Subject::Minimal => Prog::Xdp(reference.xdp(MINIMAL_DROP)?),
-            Subject::MinimalLookup => Prog::Xdp(reference.xdp(MINIMAL_LOOKUP)?),
-            Subject::MinimalMaps => Prog::Xdp(reference.xdp(MINIMAL_MAPS)?),
-            Subject::OursEvents => Prog::Xdp(ours::xdp(&xdp_events)?),
-            Subject::OursNoEventCode => Prog::Xdp(ours::xdp(&xdp_no_event_code)?),
-        })
+    let reference_xdp = |name: &str| -> Result<Vec<Prog<'_>>> {
+        references
+            .iter()
+            .map(|r| Ok(Prog::Xdp(r.xdp(name)?)))
+            .collect()
     };
+    let programs = |subject: Subject| -> Result<Vec<Prog<'_>>> {
+        match subject {
+            Subject::Floor(Hook::Xdp) => reference_xdp(FLOOR_XDP),
+            Subject::Floor(Hook::Tc) => references
+                .iter()
+                .map(|r| Ok(Prog::Tc(r.tc(FLOOR_TC)?)))
+                .collect(),
+            Subject::Ours(Hook::Xdp, Rules::One) => xdp_of(&xdp_few),
+            Subject::Ours(Hook::Xdp, Rules::TenThousand) => xdp_of(&xdp_many),
+            Subject::Ours(Hook::Xdp, Rules::Counted) => xdp_of(&xdp_counted),
+            Subject::Ours(Hook::Tc, Rules::One) => tc_of(&tc_few),
+            Subject::Ours(Hook::Tc, Rules::TenThousand) => tc_of(&tc_many),
+            Subject::Ours(Hook::Tc, Rules::Counted) => tc_of(&tc_counted),
+            // Loaded by xdp-tools, one copy.
+            Subject::XdpFilter => Ok(vec![Prog::Xdp(&filter_prog)]),
+            Subject::Minimal => reference_xdp(MINIMAL_DROP),
+            Subject::MinimalLookup => reference_xdp(MINIMAL_LOOKUP),
+            Subject::MinimalMaps => reference_xdp(MINIMAL_MAPS),
+            Subject::OursEvents => xdp_of(&xdp_events),
+            Subject::OursNoEventCode => xdp_of(&xdp_no_event_code),
+        }
+    };
+    let subjects = Subject::ALL
+        .iter()
+        .map(|&s| Ok((s, programs(s)?)))
+        .collect::<Result<Vec<_>>>()?;
     let frames = frames::representative();
     let mut cells: Vec<Cell> = Vec::new();
     std::thread::scope(|s| {
@@ -309,19 +339,17 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
                 crate::interrupt::check()?;
                 for (f, frame) in frames.iter().enumerate() {
                     // Rotated each trial: no program always runs first.
-                    let n = Subject::ALL.len();
+                    let n = subjects.len();
                     for k in 0..n {
-                        let subject = Subject::ALL[(k + trial) % n];
-                        let p = prog(subject)?;
-                        let (ret, ns) =
-                            p.run(&frame.bytes, settings.repeat).with_context(|| {
+                        let (subject, copies) = &subjects[(k + trial) % n];
+                        let (verdict, ns) = run_copies(copies, &frame.bytes, settings.repeat)
+                            .with_context(|| {
                                 format!("test run of {} on {:?}", subject.name(), frame.name)
                             })?;
-                        let verdict = p.verdict(ret);
                         if trial == 0 {
-                            check_ours(subject, frame, verdict)?;
+                            check_ours(*subject, frame, verdict)?;
                             cells.push(Cell {
-                                subject,
+                                subject: *subject,
                                 frame: f,
                                 verdict,
                                 ns: Vec::new(),
@@ -329,7 +357,7 @@ pub fn measure(reference: &Reference, settings: CostSettings) -> Result<CostResu
                         }
                         let cell = cells
                             .iter_mut()
-                            .find(|c| c.subject == subject && c.frame == f)
+                            .find(|c| c.subject == *subject && c.frame == f)
                             .context("cell of an earlier trial")?;
                         cell.ns.push(ns);
                     }
@@ -377,6 +405,38 @@ fn check_counted(ours: &Ours) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn xdp_of(objects: &[Ebpf]) -> Result<Vec<Prog<'_>>> {
+    objects
+        .iter()
+        .map(|o| Ok(Prog::Xdp(ours::xdp(o)?)))
+        .collect()
+}
+
+fn tc_of(objects: &[Ebpf]) -> Result<Vec<Prog<'_>>> {
+    objects.iter().map(|o| Ok(Prog::Tc(ours::tc(o)?))).collect()
+}
+
+/// Runs every copy of one program on the frame: (their verdict, the mean of
+/// their ns per run). The JIT places each copy elsewhere in memory, and
+/// where the code lands moves a run by a nanosecond or two here, for better
+/// or worse and differently per frame: one copy would measure its placement
+/// along with the program.
+fn run_copies(copies: &[Prog<'_>], frame: &[u8], repeat: u32) -> Result<(&'static str, f64)> {
+    let mut verdict = None;
+    let mut total = 0.0;
+    for (i, p) in copies.iter().enumerate() {
+        let (ret, ns) = p.run(frame, repeat)?;
+        let v = p.verdict(ret);
+        if verdict.is_some_and(|first| first != v) {
+            bail!("copy {i} returned {v}, copy 0 {}", verdict.unwrap_or("?"));
+        }
+        verdict = Some(v);
+        total += ns;
+    }
+    let verdict = verdict.context("no copy of the program to run")?;
+    Ok((verdict, total / copies.len() as f64))
 }
 
 /// A cost is meaningless if the program did the wrong thing.

@@ -246,7 +246,7 @@ fn worst_above_floor(
         for rules in Rules::ALL {
             let m = c.above_floor(Subject::Ours(hook, rules), f)?.median;
             worst = worst.max(m);
-            medians.push(format!("{m:+.0}"));
+            medians.push(format!("{m:+.1}"));
         }
         parts.push(format!("{}: {}", c.frames[f].name, medians.join(" / ")));
     }
@@ -326,7 +326,7 @@ fn near_minimal(c: &CostResults, limit: f64) -> Option<(String, bool)> {
             .difference(Subject::Ours(Hook::Xdp, rules), Subject::Minimal, f)?
             .median;
         worst = worst.max(d);
-        medians.push(format!("{d:+.0}"));
+        medians.push(format!("{d:+.1}"));
     }
     Some((
         format!("{} ns ({} rules)", medians.join(" / "), tables()),

@@ -90,6 +90,12 @@ struct Args {
     /// differ by about 1 ns, run 25 or more, and each build more than once.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     cost_trials: Option<u16>,
+    /// Copies of each program part 1 loads and averages [default: 5, or 2
+    /// with --quick]. The JIT places each copy elsewhere, and placement
+    /// alone moves one copy's time by 1-2 ns here, per frame, trial after
+    /// trial: more trials do not average it out, more copies do.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=32))]
+    cost_copies: Option<u16>,
     /// Trials of part 2 per method [default: 9, or 1 with --quick]; more
     /// narrow the medians where the machine is noisy.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
@@ -133,6 +139,7 @@ impl Plan {
                 cost: CostSettings {
                     trials: 2,
                     repeat: 1_000_000,
+                    copies: 2,
                 },
                 rate: RateSettings {
                     trials: 1,
@@ -162,6 +169,7 @@ impl Plan {
                 cost: CostSettings {
                     trials: 9,
                     repeat: 1_000_000,
+                    copies: 5,
                 },
                 rate: RateSettings {
                     trials: 9,
@@ -254,6 +262,9 @@ fn bench(args: &Args) -> Result<bool> {
     let mut plan = Plan::new(args.quick);
     if let Some(trials) = args.cost_trials {
         plan.cost.trials = usize::from(trials);
+    }
+    if let Some(copies) = args.cost_copies {
+        plan.cost.copies = usize::from(copies);
     }
     if let Some(trials) = args.rate_trials {
         plan.rate.trials = usize::from(trials);

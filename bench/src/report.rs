@@ -78,7 +78,7 @@ fn cell(s: Option<Summary>, digits: usize) -> String {
 fn signed(s: Option<Summary>) -> String {
     s.map_or_else(
         || "-".into(),
-        |s| format!("{:+.0} ({:+.0}…{:+.0})", s.median, s.min, s.max),
+        |s| format!("{:+.1} ({:+.1}…{:+.1})", s.median, s.min, s.max),
     )
 }
 
@@ -165,7 +165,11 @@ fn part1(md: &mut String, run: &Run) {
         md,
         "## 1. Per-packet cost of the program (BPF_PROG_TEST_RUN)\n\n\
          Each program runs {} times per trial on each frame ({} trials); the kernel reports the \
-         mean time of one run. The floor is a program that returns a fixed verdict: test_run's \
+         mean time of one run in whole ns. Each program is loaded {} times and a trial's figure \
+         is the mean over the copies: the JIT puts each copy elsewhere in memory, and where the \
+         code lands moves one copy's time by 1-2 ns on this machine, the same way trial after \
+         trial (one copy would measure its placement along with the program); xdp-filter, \
+         loaded by xdp-tools, runs as one copy. The floor is a program that returns a fixed verdict: test_run's \
          own per-run overhead, one per hook (an skb test run costs more than an XDP one). \
          \"Above the floor\" is taken trial by trial. Ours counts every packet (per attach point) \
          and every match (per rule), as in production. \"1 port\" is 8080/tcp and 8080/udp \
@@ -186,7 +190,8 @@ fn part1(md: &mut String, run: &Run) {
          crate's second binary), so beside \"ours XDP\" (events off) it prices the switched-off \
          code.\n",
         thousands(u64::from(s.repeat)),
-        s.trials
+        s.trials,
+        s.copies
     );
     if let Some(text) = run.cost.missing() {
         let _ = writeln!(md, "{text}");
@@ -237,7 +242,7 @@ fn part1(md: &mut String, run: &Run) {
             .map(|&s| {
                 format!(
                     "{} {}",
-                    cell(c.absolute(s, f), 0),
+                    cell(c.absolute(s, f), 1),
                     c.verdict(s, f).unwrap_or("?")
                 )
             })
