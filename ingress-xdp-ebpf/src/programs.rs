@@ -20,7 +20,7 @@ use crate::{
 };
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::{bpf_jiffies64, bpf_ktime_get_ns},
+    helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_map_lookup_elem},
     macros::{classifier, map, xdp},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{TcContext, XdpContext},
@@ -164,6 +164,11 @@ fn judge(packet: &impl Packet, slot: u32) -> Outcome {
     // mask can test.
     // SAFETY: `Rule` is 4 bytes, `repr(C)`, and 4-aligned in the array.
     let word = unsafe { core::ptr::read(core::ptr::from_ref(rule).cast::<u32>()) };
+    // The common rule, a plain block (no allowlist, no events), in one test.
+    if word & SLOT_ACTION_AND_FLAGS == u32::from(action::BLOCK) {
+        count_rule(Rule::from_word(word).counter, packet);
+        return Outcome::Dropped;
+    }
     if word & SLOT_ACTION == u32::from(action::NONE) {
         return Outcome::Passed;
     }
@@ -185,6 +190,7 @@ fn judge(packet: &impl Packet, slot: u32) -> Outcome {
 /// Masks of a `RULES` slot read as one little-endian word (see
 /// [`Rule::from_word`]).
 const SLOT_ACTION: u32 = 0xff;
+const SLOT_ACTION_AND_FLAGS: u32 = 0xffff;
 const SLOT_HAS_ALLOWLIST: u32 = (rule_flags::HAS_ALLOWLIST as u32) << 8;
 const SLOT_REPORT: u32 = (rule_flags::REPORT as u32) << 8;
 // A set rule is BLOCK or AUDIT, and AUDIT's one bit tells them apart.
@@ -288,10 +294,18 @@ fn report(packet: &impl Packet, outcome: Outcome) {
 
 #[inline(always)]
 fn record(outcome: Outcome) {
-    // SAFETY: a read of a loader-set constant; volatile so it is not folded.
-    let id = unsafe { core::ptr::read_volatile(&raw const ATTACH_ID) };
-    if let Some(counters) = ATTACH_STATS.get_ptr_mut(id) {
-        let buckets = counters.cast::<[u64; ATTACH_BUCKETS]>();
+    // The key is `ATTACH_ID` in place: the helper reads the loader-set
+    // constant itself, so it is not loaded and stored to the stack first.
+    // SAFETY: the map's address is its definition (`repr(transparent)`), and
+    // the key is a valid u32 for the whole run.
+    let value = unsafe {
+        bpf_map_lookup_elem(
+            core::ptr::from_ref(&ATTACH_STATS).cast_mut().cast(),
+            (&raw const ATTACH_ID).cast(),
+        )
+    };
+    if !value.is_null() {
+        let buckets = value.cast::<[u64; ATTACH_BUCKETS]>();
         // SAFETY: this CPU's value, five u64 buckets (asserted above).
         unsafe { (*buckets)[outcome as usize] += 1 };
     }
