@@ -174,6 +174,7 @@ fn method_color(m: Method) -> RGBColor {
 fn method_rows(run: &Run, pick: fn(&crate::rate::MethodResult) -> &Vec<f64>) -> Vec<Row> {
     run.rate.done().map_or_else(Vec::new, |results| {
         results
+            .methods
             .iter()
             .map(|r| Row {
                 label: r.method.name().into(),

@@ -22,6 +22,7 @@ mod control;
 mod cost;
 mod counters;
 mod cpu;
+mod duel;
 mod feed;
 mod frames;
 mod generator;
@@ -53,7 +54,9 @@ use clap::{Parser, ValueEnum};
 use crate::{
     control::ControlSettings,
     cost::CostSettings,
+    duel::DuelSettings,
     feed::FeedSettings,
+    methods::Method,
     rate::RateSettings,
     reads::ReadsSettings,
     report::{Part, Run},
@@ -83,7 +86,15 @@ struct Args {
     parts: Vec<PartName>,
     /// Drop methods of part 2 [default: all].
     #[arg(long, value_delimiter = ',')]
-    methods: Vec<methods::Method>,
+    methods: Vec<Method>,
+    /// The challenger of part 2's head to head with the bare XDP_DROP [default:
+    /// ours-xdp-native, which the goals judge]; another method prices what
+    /// part of ours costs what live (e.g. minimal-maps: our memory alone).
+    #[arg(long)]
+    duel_with: Option<Method>,
+    /// Rounds of part 2's head to head [default: 12, or 1 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    duel_rounds: Option<u16>,
     /// Trials of part 1 [default: 9, or 2 with --quick]. Each program's
     /// time comes in whole ns from the kernel and the machine drifts by a
     /// nanosecond or two between runs: to tell apart two builds whose costs
@@ -126,6 +137,7 @@ enum PartName {
 struct Plan {
     cost: CostSettings,
     rate: RateSettings,
+    duel: DuelSettings,
     control: ControlSettings,
     reads: ReadsSettings,
     upgrade: UpgradeSettings,
@@ -146,6 +158,11 @@ impl Plan {
                     duration: Duration::from_millis(300),
                     warmup: Duration::from_millis(100),
                     batch: rate::DEFAULT_BATCH,
+                },
+                duel: DuelSettings {
+                    rounds: 1,
+                    slices: 2,
+                    slice: Duration::from_millis(100),
                 },
                 control: ControlSettings {
                     latency_trials: 5,
@@ -176,6 +193,11 @@ impl Plan {
                     duration: Duration::from_secs(2),
                     warmup: Duration::from_millis(300),
                     batch: rate::DEFAULT_BATCH,
+                },
+                duel: DuelSettings {
+                    rounds: 12,
+                    slices: 8,
+                    slice: Duration::from_millis(250),
                 },
                 control: ControlSettings {
                     latency_trials: 60,
@@ -269,6 +291,9 @@ fn bench(args: &Args) -> Result<bool> {
     if let Some(trials) = args.rate_trials {
         plan.rate.trials = usize::from(trials);
     }
+    if let Some(rounds) = args.duel_rounds {
+        plan.duel.rounds = usize::from(rounds);
+    }
     if let Some(batch) = args.rate_batch {
         plan.rate.batch = batch;
     }
@@ -280,11 +305,24 @@ fn bench(args: &Args) -> Result<bool> {
     });
     let rate = run_part(wanted(PartName::Rate), "2 (drop rate)", || {
         let methods = if args.methods.is_empty() {
-            &methods::Method::ALL[..]
+            &Method::ALL[..]
         } else {
             &args.methods[..]
         };
-        rate::measure(&reference, plan.rate, methods)
+        let ranked = rate::measure(&reference, plan.rate, methods)?;
+        let challenger = args.duel_with.unwrap_or(Method::OursXdpNative);
+        let duel = if [challenger, Method::BareDrop]
+            .iter()
+            .all(|m| methods.contains(m))
+        {
+            Some(duel::measure(&reference, challenger, plan.rate, plan.duel)?)
+        } else {
+            None
+        };
+        Ok(rate::RateResults {
+            methods: ranked,
+            duel,
+        })
     });
     let control = run_part(wanted(PartName::Control), "3 (control plane)", || {
         control::measure(plan.control)
@@ -323,7 +361,7 @@ fn bench(args: &Args) -> Result<bool> {
 
     let goals = goals::evaluate(
         run.cost.done(),
-        run.rate.done().map(|r| &r[..]),
+        run.rate.done(),
         run.control.done(),
         run.reads.done(),
         run.upgrade.done(),

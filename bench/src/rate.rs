@@ -20,6 +20,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     counters, cpu,
+    duel::DuelResults,
     frames::{self, BLOCKED_PORT},
     generator::{Generator, Sent},
     methods::Method,
@@ -35,7 +36,7 @@ const FRAME_LEN: usize = 64;
 pub const DEFAULT_BATCH: u32 = 64;
 
 /// Time for frames still in the veth ring to be processed after a run.
-const SETTLE: Duration = Duration::from_millis(50);
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
 
 #[derive(Clone, Copy, Debug)]
 pub struct RateSettings {
@@ -47,6 +48,15 @@ pub struct RateSettings {
     /// Frames per generator batch: the receiver's NAPI wakes once per batch,
     /// so a cost that moves with it is paid per wake-up, not per packet.
     pub batch: u32,
+}
+
+/// Part 2: the ranking of every method, and the goals' head to head.
+#[derive(Clone, Debug)]
+pub struct RateResults {
+    pub methods: Vec<MethodResult>,
+    /// Not run when `--methods` leaves out ours (XDP native) or the bare
+    /// XDP_DROP.
+    pub duel: Option<DuelResults>,
 }
 
 /// One method over all trials.
@@ -113,7 +123,7 @@ pub fn measure(
     Ok(results)
 }
 
-fn syn_to_receiver(pair: &Pair) -> Vec<u8> {
+pub(crate) fn syn_to_receiver(pair: &Pair) -> Vec<u8> {
     frames::syn_between(
         (pair.tx_mac, TX_IP),
         (pair.rx_mac, RX_IP),
@@ -186,7 +196,7 @@ fn missed(sent: &Sent, counted: u64) -> f64 {
 
 /// A run whose counter saw (almost) nothing measured the setup, not the
 /// method: say so instead of reporting zero.
-fn check_traffic(method: Method, sent: &Sent, counted: u64) -> Result<()> {
+pub(crate) fn check_traffic(method: Method, sent: &Sent, counted: u64) -> Result<()> {
     if sent.frames == 0 || (counted as f64) < 0.01 * sent.frames as f64 {
         bail!(
             "{}: the receiver counted {counted} of {} frames sent; the traffic did not arrive",

@@ -5,12 +5,13 @@ use std::{fmt::Write as _, time::Duration};
 use crate::{
     control::{ControlResults, ControlSettings},
     cost::{CostResults, CostSettings, Hook, Rules, Subject},
+    duel::{DuelResults, Measure},
     feed::{FeedResults, FeedSettings},
     goals::Goal,
     machine::Machine,
     methods::Method,
     old,
-    rate::{MethodResult, RateSettings},
+    rate::{MethodResult, RateResults, RateSettings},
     reads::{self, Build, Read, ReadsResults, ReadsSettings, Series, Table},
     stats::{Summary, percentile},
     upgrade::{UpgradeResults, UpgradeSettings},
@@ -50,7 +51,7 @@ pub struct Run {
     pub upgrade_settings: UpgradeSettings,
     pub feed_settings: FeedSettings,
     pub cost: Part<CostResults>,
-    pub rate: Part<Vec<MethodResult>>,
+    pub rate: Part<RateResults>,
     pub control: Part<ControlResults>,
     pub reads: Part<ReadsResults>,
     pub upgrade: Part<UpgradeResults>,
@@ -284,9 +285,10 @@ fn part2(md: &mut String, run: &Run) {
         let _ = writeln!(md, "{text}");
         return;
     }
-    let Some(results) = run.rate.done() else {
+    let Some(rate) = run.rate.done() else {
         return;
     };
+    let results = &rate.methods;
     let median_of = |m: Method, pick: fn(&MethodResult) -> &Vec<f64>| {
         results
             .iter()
@@ -323,11 +325,45 @@ fn part2(md: &mut String, run: &Run) {
             busy * 100.0
         );
     }
+    if let Some(d) = &rate.duel {
+        duel(md, d);
+    }
     let _ = writeln!(md, "\nMethods:\n");
     for m in Method::ALL {
         let _ = writeln!(md, "- **{}**: {}", m.name(), m.detail());
     }
     let _ = writeln!(md);
+}
+
+/// The goals' measurement of part 2 (see `duel.rs`).
+fn duel(md: &mut String, d: &DuelResults) {
+    let s = d.settings;
+    let _ = writeln!(
+        md,
+        "\n### Head to head: {} beside the bare XDP_DROP (the goals)\n\n\
+         The ranking above runs each method on its own, a minute or more apart, and this \
+         machine's speed drifts by several percent over that time, more than the goals' \
+         margins. Here both are installed at once, each on a veth pair of its own, set up as \
+         above, and the generator alternates between them: {} slices of {:.2} s each per \
+         round and measurement, ABAB then BABA. Each of the {} rounds uses fresh pairs and \
+         freshly loaded programs; the ratio is taken round by round.\n\n\
+         | | {} | bare XDP_DROP | ratio, round by round |\n|---|---|---|---|",
+        d.ours.name(),
+        s.slices,
+        s.slice.as_secs_f64(),
+        d.rounds.len(),
+        d.ours.name(),
+    );
+    for m in Measure::ALL {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} |",
+            m.unit(),
+            cell(d.summary(|r| m.sides(r).0), m.digits()),
+            cell(d.summary(|r| m.sides(r).1), m.digits()),
+            cell(d.summary(|r| m.ratio(r)), 3)
+        );
+    }
 }
 
 fn part3(md: &mut String, run: &Run) {
@@ -626,14 +662,24 @@ pub fn summary(run: &Run, goals: &[Goal], written: &[String]) -> String {
             );
         }
     }
-    if let Some(results) = run.rate.done() {
-        for r in results {
+    if let Some(rate) = run.rate.done() {
+        for r in &rate.methods {
             let _ = writeln!(
                 out,
                 "part 2  {:<24} {} Mpps, receiver {} ns/packet",
                 r.method.name(),
                 cell(Summary::of(&r.mpps), 2),
                 cell(Summary::of(&r.cost_ns), 0)
+            );
+        }
+        if let Some(d) = &rate.duel {
+            let ratio = |m: Measure| cell(d.summary(|r| m.ratio(r)), 3);
+            let _ = writeln!(
+                out,
+                "part 2  head to head, {} / bare XDP_DROP: rate {}x, receiver cost {}x",
+                d.ours.name(),
+                ratio(Measure::Rate),
+                ratio(Measure::Cost)
             );
         }
     }
