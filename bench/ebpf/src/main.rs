@@ -138,6 +138,44 @@ pub fn minimal_maps(ctx: XdpContext) -> u32 {
     verdict
 }
 
+/// Rule counters grouped in per-CPU chunks, each chunk with a drop tally
+/// per attach point (the layout-3 design): a blocked packet makes one
+/// per-CPU access where layout 2 makes two.
+#[repr(C)]
+pub struct Chunk {
+    drops: [u64; 64],
+    rules: [[u64; 2]; 64],
+}
+#[map]
+static CHUNKS: PerCpuArray<Chunk> = PerCpuArray::with_max_entries(65, 0);
+
+/// `minimal_maps` with one per-CPU access for a blocked port: the rule's
+/// counter and the point's drop tally live in one chunk.
+#[xdp]
+pub fn minimal_chunk(ctx: XdpContext) -> u32 {
+    let Some(dport) = fixed_dport(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let counter = SLOTS.get(u32::from(dport)).copied().unwrap_or(0) >> 16;
+    if dport == BLOCKED_PORT {
+        if let Some(c) = CHUNKS.get_ptr_mut(counter >> 6) {
+            // SAFETY: this CPU's value.
+            unsafe {
+                let r = &mut (*c).rules[(counter & 63) as usize];
+                r[0] += 1;
+                r[1] += (ctx.data_end() - ctx.data()) as u64;
+                (*c).drops[0] += 1;
+            }
+        }
+        return xdp_action::XDP_DROP;
+    }
+    if let Some(b) = BUCKETS.get_ptr_mut(0) {
+        // SAFETY: this CPU's value.
+        unsafe { (*b)[1] += 1 };
+    }
+    xdp_action::XDP_PASS
+}
+
 /// The traffic generator: run with BPF_PROG_TEST_RUN in live-frames mode, it
 /// sends its input frame out of the `ingress_ifindex` device.
 #[xdp]
