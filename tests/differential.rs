@@ -44,6 +44,7 @@ use aya::{
 };
 use ingress_xdp::{
     cidr::Cidr,
+    counters::Counters,
     pins::{MAP_ATTACH_STATS, PROG_TC, PROG_XDP, load_object},
     rules::{Mode, RuleSpec, RuleTable},
     spec::{PortSpec, Protocol},
@@ -903,6 +904,8 @@ struct Kernel {
     tc: Vec<Ebpf>,
     rules: RuleTable,
     attach_stats: MapData,
+    /// Where the programs count drops: the chunks beside the rule counters.
+    counters: Counters,
     cpus: usize,
     /// The rules currently applied, to remove them again.
     applied: Vec<Rule>,
@@ -933,12 +936,14 @@ impl Kernel {
         }
         let rules = RuleTable::open(&pins.pins).expect("rule table");
         let attach_stats = MapData::from_pin(pins.pins.map(MAP_ATTACH_STATS)).expect("stats");
+        let counters = Counters::open_dir(&pins.pins.layout_dir()).expect("counter chunks");
         let cpus = aya::util::nr_cpus().expect("possible CPUs");
         let mut k = Self {
             xdp,
             tc,
             rules,
             attach_stats,
+            counters,
             cpus,
             applied: Vec::new(),
             slots: vec![[0; 5]; 2 * batch],
@@ -979,8 +984,10 @@ impl Kernel {
         self.applied = rules.to_vec();
     }
 
-    /// Every slot's counters, summed over CPUs, with one syscall.
+    /// Every slot's counters, summed over CPUs, with one syscall, and its
+    /// drops from the counter chunks (no slot was cleared: no bases).
     fn read_slots(&self) -> Vec<[u64; 5]> {
+        let drops = self.counters.tally().expect("read COUNTERS").dropped;
         let per_value = 5 * self.cpus;
         let slots = 2 * self.batch;
         let mut keys = vec![0u32; slots];
@@ -1022,6 +1029,11 @@ impl Kernel {
                         *s += values[at + b];
                     }
                 }
+                assert_eq!(
+                    sum[0], 0,
+                    "slot {i}: the programs wrote ATTACH_STATS' drops"
+                );
+                sum[0] = drops[i];
                 sum
             })
             .collect()

@@ -636,7 +636,7 @@ fn a_newer_build_swaps_its_program_in_place() {
     let before = points(&mesh);
     assert_eq!(before.len(), 2);
     let status: serde_json::Value = serde_json::from_str(&mesh.cli_ok("status --json")).unwrap();
-    assert_eq!(status["layout"], 2);
+    assert_eq!(status["layout"], ingress_xdp_common::LAYOUT_VERSION);
     for p in &before {
         assert_eq!(p.3, status["build"].as_str().unwrap(), "{status}");
     }

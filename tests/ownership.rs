@@ -155,21 +155,22 @@ fn concurrent_cli_and_agent_lose_nothing() {
 #[test]
 fn a_pinned_map_of_another_shape_is_refused() {
     let pins = TestPins::new("oshape");
-    let path = pins.pins.map(ingress_xdp::pins::MAP_RULE_COUNTERS);
+    let path = pins.pins.map(ingress_xdp::pins::MAP_COUNTERS);
     std::fs::remove_file(&path).unwrap();
     let foreign = aya::maps::PerCpuArray::<aya::maps::MapData, u64>::create(16, 0).unwrap();
     foreign.pin(&path).unwrap();
     let err = format!("{:#}", RuleTable::open(&pins.pins).err().expect("refused"));
-    assert!(
-        err.contains("RULE_COUNTERS is not what layout 2 needs"),
-        "{err}"
+    let refusal = format!(
+        "is not what layout {} needs",
+        ingress_xdp_common::LAYOUT_VERSION
     );
+    assert!(err.contains(&format!("COUNTERS {refusal}")), "{err}");
     let out = Command::new(support::bin())
         .args(["--pin-dir", &pins.dir().display().to_string(), "list"])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not what layout 2 needs"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&refusal));
 }
 
 /// Threads (or processes) that all find bpffs missing, as on a new node

@@ -20,15 +20,23 @@ pub const RULE_SLOTS: u32 = PROTO_PLANES * 65536;
 /// 1: release 0.1.0, maps at the top of the pin directory.
 /// 2: per-rule counters in a per-CPU array, build strings, maps in `v2/`,
 ///    drop events (`EVENTS`, `EVENT_CONFIG`, `EVENT_LIMITER`).
-pub const LAYOUT_VERSION: u32 = 2;
+/// 3: rule counters and each point's drop tally share per-CPU chunks
+///    (`COUNTERS`, [`CounterChunk`]), zeroed by loader-side bases
+///    (`COUNTER_BASE`); maps in `v3/`.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Attach points one pin directory can hold (host NICs + sbox veths).
 pub const MAX_ATTACH_POINTS: u32 = 64;
-/// Slots of `RULE_COUNTERS`. Slot 0 is the shared sink of rules that have no
+/// Rule counter slots. Slot 0 is the shared sink of rules that have no
 /// counter of their own (the table was full), so the fast path never
-/// branches on "has a counter"; 4,096 rules can be counted. A slot is 16
-/// bytes per possible CPU: 64 KiB per CPU, 16 MiB at 256 CPUs.
+/// branches on "has a counter"; 4,096 rules can be counted.
 pub const MAX_RULE_COUNTERS: u32 = 4097;
+/// Rule counters per [`CounterChunk`] (a power of two: the chunk and the
+/// place in it are a shift and a mask of the counter's index).
+pub const CHUNK_RULES: u32 = 128;
+/// Chunks in `COUNTERS`: enough for every counter slot. Each is 2,560
+/// bytes per possible CPU: 82.5 KiB per CPU, 20.6 MiB at 256 CPUs.
+pub const COUNTER_CHUNKS: u32 = MAX_RULE_COUNTERS.div_ceil(CHUNK_RULES);
 /// The counter slot of an uncounted rule.
 pub const NO_COUNTER: u16 = 0;
 /// Rules that may have an origin entry (one per port the agent or both
@@ -82,7 +90,8 @@ pub mod rule_flags {
 pub struct Rule {
     pub action: u8,
     pub flags: u8,
-    /// Index in `RULE_COUNTERS`; every port of one rule (a range) shares it.
+    /// Counter slot (see [`CounterChunk`]); every port of one rule (a
+    /// range) shares it.
     /// [`NO_COUNTER`] when the rule is not counted.
     pub counter: u16,
 }
@@ -121,8 +130,9 @@ impl RuleKey {
     }
 }
 
-/// Per-CPU packet and byte counts of one rule (a `RULE_COUNTERS` slot):
-/// drops for `block`, would-be drops for `audit`.
+/// Packet and byte counts of one rule: drops for `block`, would-be drops
+/// for `audit`. Per CPU in a [`CounterChunk`]; a plain sum in
+/// `COUNTER_BASE`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RuleCounters {
@@ -130,12 +140,41 @@ pub struct RuleCounters {
     pub bytes: u64,
 }
 
+/// One per-CPU value of `COUNTERS`: the counters of [`CHUNK_RULES`] rules
+/// and, beside them, each attach point's drops of packets those rules
+/// matched. A dropped packet then makes one per-CPU map access, not two
+/// (live, each costs more than the whole parser). Counter slot `c` is
+/// `rules[c % CHUNK_RULES]` of chunk `c / CHUNK_RULES`.
+///
+/// The programs only add. A slot is zeroed by the loader recording its
+/// current sum as a base (`COUNTER_BASE`, `AttachCounters::dropped`), never
+/// by writing the chunk, which running programs update at the same time.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CounterChunk {
+    /// Drops per attach point (`ATTACH_ID`), of this chunk's rules.
+    pub dropped: [u64; MAX_ATTACH_POINTS as usize],
+    pub rules: [RuleCounters; CHUNK_RULES as usize],
+}
+
+impl Default for CounterChunk {
+    fn default() -> Self {
+        Self {
+            dropped: [0; MAX_ATTACH_POINTS as usize],
+            rules: [RuleCounters::default(); CHUNK_RULES as usize],
+        }
+    }
+}
+
 /// Per-CPU counts of one attach point. The buckets are disjoint: every packet
 /// the program sees lands in exactly one, so "seen" is their sum.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct AttachCounters {
-    /// Dropped by a `block` rule.
+    /// Dropped by a `block` rule: kept in `COUNTERS` by the programs. Here
+    /// the loader keeps what the point's count starts from: minus the
+    /// chunks' tally when the point was made, plus counts a migration
+    /// carried over (sums wrap).
     pub dropped: u64,
     /// Parsed and passed: no rule, not a filtered protocol, or a later fragment.
     pub passed: u64,
@@ -373,6 +412,7 @@ mod pod {
     unsafe impl aya::Pod for Rule {}
     unsafe impl aya::Pod for RuleKey {}
     unsafe impl aya::Pod for RuleCounters {}
+    unsafe impl aya::Pod for CounterChunk {}
     unsafe impl aya::Pod for AttachCounters {}
     unsafe impl aya::Pod for AllowKeyV4 {}
     unsafe impl aya::Pod for AllowKeyV6 {}
@@ -395,6 +435,13 @@ mod tests {
         assert_eq!(core::mem::size_of::<AllowKeyV4>(), 8);
         assert_eq!(core::mem::size_of::<AllowKeyV6>(), 20);
         assert_eq!(core::mem::size_of::<AttachCounters>(), 40);
+        assert_eq!(
+            core::mem::size_of::<CounterChunk>(),
+            (MAX_ATTACH_POINTS + 2 * CHUNK_RULES) as usize * 8
+        );
+        assert_eq!(core::mem::size_of::<CounterChunk>(), 2560);
+        assert_eq!(COUNTER_CHUNKS, 33);
+        assert!(CHUNK_RULES.is_power_of_two() && MAX_ATTACH_POINTS.is_power_of_two());
         assert_eq!(
             core::mem::size_of::<AttachInfo>(),
             16 + 24 + 16 + 256 + BUILD_LEN

@@ -7,8 +7,10 @@
 //!
 //! Per-packet memory, the budget the design is held to: a frame with no
 //! port to judge touches the packet and its point's `ATTACH_STATS` line; an
-//! open port adds the rule's 4-byte `RULES` slot; a blocked port adds its
-//! `RULE_COUNTERS` line. With events on, which the slot's `REPORT` bit says,
+//! open port adds the rule's 4-byte `RULES` slot; a blocked port reads its
+//! slot and then makes one per-CPU access, to the rule's `COUNTERS` chunk,
+//! where both its counter and the point's drop tally live (and not
+//! `ATTACH_STATS`). With events on, which the slot's `REPORT` bit says,
 //! it also reads `EVENT_CONFIG`, this CPU's `EVENT_LIMITER` line and, when
 //! its bucket allows, writes a ring buffer record. Every lookup is into an
 //! array, which the verifier inlines into an address computation (no helper call, no hashing), and
@@ -26,10 +28,11 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use ingress_xdp_common::{
-    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, EVENT_RING_BYTES,
-    Event, EventConfig, EventLimiter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, MAX_ALLOW_PREFIXES,
-    MAX_ATTACH_POINTS, MAX_ORIGINS, MAX_RULE_COUNTERS, RULE_SLOTS, Rule, RuleCounters, RuleKey,
-    RuleOrigin, StateInfo, action, event_verdict, rule_flags, rule_slot,
+    ALLOW_RULE_PREFIX_BITS, AllowKeyV4, AllowKeyV6, AttachCounters, AttachInfo, CHUNK_RULES,
+    COUNTER_CHUNKS, CounterChunk, EVENT_RING_BYTES, Event, EventConfig, EventLimiter, IPPROTO_SCTP,
+    IPPROTO_TCP, IPPROTO_UDP, MAX_ALLOW_PREFIXES, MAX_ATTACH_POINTS, MAX_ORIGINS,
+    MAX_RULE_COUNTERS, RULE_SLOTS, Rule, RuleCounters, RuleKey, RuleOrigin, StateInfo, action,
+    event_verdict, rule_flags, rule_slot,
 };
 
 /// Set by the loader for each attach point (index into `ATTACH_STATS`).
@@ -44,10 +47,16 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map]
 static RULES: Array<Rule> = Array::pinned(RULE_SLOTS, BPF_F_MMAPABLE);
 
-/// One slot per rule as the operator wrote it (a range shares one), indexed
-/// by `Rule::counter`.
+/// Rule counters (one per rule as the operator wrote it: a range shares
+/// one), `CHUNK_RULES` to a chunk, with the points' drop tallies beside
+/// them; `Rule::counter` says which.
 #[map]
-static RULE_COUNTERS: PerCpuArray<RuleCounters> = PerCpuArray::pinned(MAX_RULE_COUNTERS, 0);
+static COUNTERS: PerCpuArray<CounterChunk> = PerCpuArray::pinned(COUNTER_CHUNKS, 0);
+
+/// What each counter slot's sum stood at when it was given to its rule
+/// (minus counts a migration carried over); loader-only.
+#[map]
+static COUNTER_BASE: Array<RuleCounters> = Array::pinned(MAX_RULE_COUNTERS, 0);
 
 #[map]
 static ALLOW_V4: LpmTrie<AllowKeyV4, u8> = LpmTrie::pinned(MAX_ALLOW_PREFIXES, 0);
@@ -129,15 +138,27 @@ fn source_allowed(packet: &impl Packet) -> bool {
     }
 }
 
+const CHUNK_SHIFT: u32 = CHUNK_RULES.trailing_zeros();
+const _: () = assert!(CHUNK_RULES.is_power_of_two() && MAX_ATTACH_POINTS.is_power_of_two());
+
+/// Counts a matched packet in its rule's counter and, when it is dropped,
+/// in this point's tally of the same chunk: one per-CPU access either way.
 #[inline(always)]
-fn count_rule(counter: u16, packet: &impl Packet) {
+fn count_rule(counter: u16, packet: &impl Packet, dropped: bool) {
     // Uncounted rules share slot 0, so this never branches on a flag.
-    if let Some(counters) = RULE_COUNTERS.get_ptr_mut(u32::from(counter)) {
-        // SAFETY: per-CPU value of this CPU; no other writer while we run.
-        unsafe {
-            (*counters).packets += 1;
-            // Read after the lookup, so that it does not cross it.
-            (*counters).bytes += packet.len();
+    let Some(chunk) = COUNTERS.get_ptr_mut(u32::from(counter) >> CHUNK_SHIFT) else {
+        return;
+    };
+    // SAFETY: per-CPU value of this CPU; no other writer while we run.
+    unsafe {
+        let rule = &mut (*chunk).rules[usize::from(counter) & (CHUNK_RULES as usize - 1)];
+        rule.packets += 1;
+        // Read after the lookup, so that it does not cross it.
+        rule.bytes += packet.len();
+        if dropped {
+            // A loader-set constant; volatile so that it is not folded.
+            let point = core::ptr::read_volatile(&raw const ATTACH_ID) as usize;
+            (*chunk).dropped[point & (MAX_ATTACH_POINTS as usize - 1)] += 1;
         }
     }
 }
@@ -166,7 +187,7 @@ fn judge(packet: &impl Packet, slot: u32) -> Outcome {
     let word = unsafe { core::ptr::read(core::ptr::from_ref(rule).cast::<u32>()) };
     // The common rule, a plain block (no allowlist, no events), in one test.
     if word & SLOT_ACTION_AND_FLAGS == u32::from(action::BLOCK) {
-        count_rule(Rule::from_word(word).counter, packet);
+        count_rule(Rule::from_word(word).counter, packet, true);
         return Outcome::Dropped;
     }
     if word & SLOT_ACTION == u32::from(action::NONE) {
@@ -175,12 +196,16 @@ fn judge(packet: &impl Packet, slot: u32) -> Outcome {
     if word & SLOT_HAS_ALLOWLIST != 0 && source_allowed(packet) {
         return Outcome::Allowed;
     }
-    count_rule(Rule::from_word(word).counter, packet);
     let outcome = if word & u32::from(action::AUDIT) == 0 {
         Outcome::Dropped
     } else {
         Outcome::Audited
     };
+    count_rule(
+        Rule::from_word(word).counter,
+        packet,
+        outcome == Outcome::Dropped,
+    );
     if WITH_EVENTS && word & SLOT_REPORT != 0 {
         report(packet, outcome);
     }
@@ -365,12 +390,11 @@ impl Packet for TcContext {
 }
 
 /// Records the outcome in the attach point's bucket and returns the hook's
-/// verdict. A drop records its own bucket: with the outcome known there,
-/// the bucket's offset and the verdict are constants on the blocked path.
+/// verdict. A drop was counted with its rule (`count_rule`), so the blocked
+/// path touches no `ATTACH_STATS` line.
 #[inline(always)]
 fn verdict<T>(outcome: Outcome, drop: T, pass: T) -> T {
     if outcome == Outcome::Dropped {
-        record(Outcome::Dropped);
         drop
     } else {
         record(outcome);

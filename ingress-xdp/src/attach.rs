@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     bpf,
+    counters::{Counters, Tally},
     fixed::{from_fixed, to_fixed},
     mountinfo,
     pins::{self, MAP_ATTACH_INFO, MAP_ATTACH_STATS, PROG_TC, PROG_XDP, Pins},
@@ -263,6 +264,8 @@ pub struct Registry {
     pins: Pins,
     info: Array<MapData, AttachInfo>,
     stats: PerCpuArray<MapData, AttachCounters>,
+    /// Where the programs count drops (see [`crate::counters`]).
+    counters: Counters,
     cpus: usize,
 }
 
@@ -280,6 +283,7 @@ impl Registry {
             pins: pins.clone(),
             info: open_map_at(&dir.join(MAP_ATTACH_INFO))?.try_into()?,
             stats: open_map_at(&dir.join(MAP_ATTACH_STATS))?.try_into()?,
+            counters: Counters::open_dir(dir)?,
             cpus,
         })
     }
@@ -320,26 +324,47 @@ impl Registry {
             .with_context(|| format!("writing ATTACH_STATS slot {id}"))
     }
 
+    /// What the chunks hold: read once for [`Registry::counters_with`]
+    /// over many points.
+    pub fn tally(&self) -> Result<Tally> {
+        self.counters.tally()
+    }
+
     pub fn counters(&self, id: u32) -> Result<PointCounters> {
-        let values = self.stats.get(&id, 0).context("reading ATTACH_STATS")?;
-        let sum = values
+        self.counters_with(id, &self.tally()?)
+    }
+
+    /// A point's counters: its buckets, and its drops as the chunks in
+    /// `tally` hold them from its base on.
+    pub fn counters_with(&self, id: u32, tally: &Tally) -> Result<PointCounters> {
+        let values = self
+            .stats
+            .get(&id, 0)
+            .with_context(|| format!("reading ATTACH_STATS slot {id}"))?;
+        let mut sum = values
             .iter()
             .fold(AttachCounters::default(), |a, v| AttachCounters {
-                dropped: a.dropped + v.dropped,
+                dropped: a.dropped.wrapping_add(v.dropped),
                 passed: a.passed + v.passed,
                 audited: a.audited + v.audited,
                 allowed: a.allowed + v.allowed,
                 not_parsed: a.not_parsed + v.not_parsed,
             });
+        let counted = tally.dropped.get(id as usize).copied().unwrap_or(0);
+        sum.dropped = sum.dropped.wrapping_add(counted);
         Ok(PointCounters::from_buckets(&sum))
     }
 
+    /// Empties a slot for a new point: no record, and counters that start
+    /// at zero (its drop base cancels what the chunks hold for the id).
     pub(crate) fn clear(&mut self, id: u32) -> Result<()> {
         self.info
             .set(id, AttachInfo::default(), 0)
             .context("clearing ATTACH_INFO")?;
-        let zero = PerCpuValues::try_from(vec![AttachCounters::default(); self.cpus])
-            .context("building zero counters")?;
+        let counted = self.tally()?.dropped.get(id as usize).copied().unwrap_or(0);
+        let mut zero = vec![AttachCounters::default(); self.cpus];
+        zero[0].dropped = counted.wrapping_neg();
+        let zero = PerCpuValues::try_from(zero).context("building zero counters")?;
         self.stats.set(id, zero, 0).context("clearing ATTACH_STATS")
     }
 

@@ -13,6 +13,7 @@ pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod constraint;
+pub mod counters;
 pub mod docker;
 pub mod doctor;
 pub mod events;

@@ -2,35 +2,39 @@
 //! that the CLI and the agent can exit without the drops stopping.
 //!
 //! ```text
-//! <pin-dir>/v2/RULES          array (proto plane, port) -> Rule (mmapable)
-//! <pin-dir>/v2/RULE_COUNTERS  percpu array counter slot -> packets, bytes
-//! <pin-dir>/v2/ALLOW_V4|V6    LPM trie (rule, source prefix) -> 1
-//! <pin-dir>/v2/ATTACH_STATS   percpu array attach id -> counters
-//! <pin-dir>/v2/ATTACH_INFO    array attach id -> where, which build
-//! <pin-dir>/v2/RULE_ORIGIN    hash RuleKey -> who wants the rule (CLI, agent)
-//! <pin-dir>/v2/STATE          array[1] layout version, build that wrote it
+//! <pin-dir>/v3/RULES          array (proto plane, port) -> Rule (mmapable)
+//! <pin-dir>/v3/COUNTERS       percpu array chunk -> 128 rule counters, drops per point
+//! <pin-dir>/v3/COUNTER_BASE   array counter slot -> where its count starts
+//! <pin-dir>/v3/ALLOW_V4|V6    LPM trie (rule, source prefix) -> 1
+//! <pin-dir>/v3/ATTACH_STATS   percpu array attach id -> counters
+//! <pin-dir>/v3/ATTACH_INFO    array attach id -> where, which build
+//! <pin-dir>/v3/RULE_ORIGIN    hash RuleKey -> who wants the rule (CLI, agent)
+//! <pin-dir>/v3/STATE          array[1] layout version, build that wrote it
+//! <pin-dir>/v3/EVENT*         drop events: ring, switch, per-CPU rate limit
 //! <pin-dir>/links/ap<ID>      the bpf_link of attach point ID
 //! ```
 //!
 //! The maps of layout N live in `vN/`, so a binary binds only maps of the
 //! layout it was built for. A layout is created (or migrated) in `vN-staging/`
-//! and becomes real by one rename (bpffs refuses dots in names). Release 0.1.0 (layout 1) kept its maps
-//! at the top of the directory; [`crate::upgrade`] migrates them.
+//! and becomes real by one rename (bpffs refuses dots in names). Release
+//! 0.1.0 (layout 1) kept its maps at the top of the directory, release 0.2.0
+//! (layout 2) in `v2/`; [`crate::upgrade`] migrates both.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use aya::{Ebpf, EbpfLoader, maps::MapInfo};
 use ingress_xdp_common::{
-    LAYOUT_VERSION, MAX_ALLOW_PREFIXES, MAX_ATTACH_POINTS, MAX_ORIGINS, MAX_RULE_COUNTERS,
-    RULE_SLOTS, StateInfo,
+    COUNTER_CHUNKS, CounterChunk, LAYOUT_VERSION, MAX_ALLOW_PREFIXES, MAX_ATTACH_POINTS,
+    MAX_ORIGINS, MAX_RULE_COUNTERS, RULE_SLOTS, RuleCounters, StateInfo,
 };
 
 use crate::{fixed::to_fixed, sys};
 
 /// Map names, as the eBPF object defines (and pins) them.
 pub const MAP_RULES: &str = "RULES";
-pub const MAP_RULE_COUNTERS: &str = "RULE_COUNTERS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_COUNTER_BASE: &str = "COUNTER_BASE";
 pub const MAP_ALLOW_V4: &str = "ALLOW_V4";
 pub const MAP_ALLOW_V6: &str = "ALLOW_V6";
 pub const MAP_ATTACH_STATS: &str = "ATTACH_STATS";
@@ -67,7 +71,7 @@ pub struct MapSpec {
 
 /// Every map of layout [`LAYOUT_VERSION`] (checked against the eBPF object
 /// by tests/verifier.rs).
-pub const LAYOUT: [MapSpec; 11] = [
+pub const LAYOUT: [MapSpec; 12] = [
     MapSpec {
         name: MAP_RULES,
         map_type: map_type::ARRAY,
@@ -77,10 +81,18 @@ pub const LAYOUT: [MapSpec; 11] = [
         flags: BPF_F_MMAPABLE,
     },
     MapSpec {
-        name: MAP_RULE_COUNTERS,
+        name: MAP_COUNTERS,
         map_type: map_type::PERCPU_ARRAY,
         key_size: 4,
-        value_size: 16,
+        value_size: size_of::<CounterChunk>() as u32,
+        max_entries: COUNTER_CHUNKS,
+        flags: 0,
+    },
+    MapSpec {
+        name: MAP_COUNTER_BASE,
+        map_type: map_type::ARRAY,
+        key_size: 4,
+        value_size: size_of::<RuleCounters>() as u32,
         max_entries: MAX_RULE_COUNTERS,
         flags: 0,
     },
@@ -167,6 +179,15 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/ingress-xdp";
 /// The release that wrote layout 1 (the only one that did).
 pub const LAYOUT_1_BUILD: &str = "0.1.0";
 
+/// The release that wrote an older layout, for messages.
+pub fn release_of_layout(version: u32) -> &'static str {
+    match version {
+        1 => LAYOUT_1_BUILD,
+        2 => "0.2.0",
+        _ => "an older release",
+    }
+}
+
 /// Who built these programs: the release and a digest of the eBPF object,
 /// so a rebuild of the same programs is the same build and any change to
 /// them is a new one.
@@ -248,7 +269,7 @@ impl Pins {
 
     /// Which layout the directory holds.
     pub fn found(&self) -> Found {
-        let newest = std::fs::read_dir(&self.dir)
+        let versions: Vec<u32> = std::fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .flatten()
@@ -259,15 +280,26 @@ impl Pins {
                     .parse::<u32>()
                     .ok()
             })
+            .collect();
+        if let Some(&v) = versions.iter().filter(|&&v| v > LAYOUT_VERSION).max() {
+            return Found::Newer(v);
+        }
+        if self.exists() {
+            return Found::Current;
+        }
+        // Layouts 2 and up keep STATE in their own directory.
+        let older = versions
+            .iter()
+            .filter(|&&v| (2..LAYOUT_VERSION).contains(&v))
+            .filter(|&&v| self.layout_dir_of(v).join(MAP_STATE).exists())
             .max();
-        match newest {
-            Some(v) if v > LAYOUT_VERSION => Found::Newer(v),
-            _ if self.exists() => Found::Current,
+        match older {
+            Some(&v) => Found::Older(v),
             // 0.1.0 pinned RULE_STATS beside RULES at the top.
-            _ if self.dir.join(MAP_RULES).exists() && self.dir.join("RULE_STATS").exists() => {
+            None if self.dir.join(MAP_RULES).exists() && self.dir.join("RULE_STATS").exists() => {
                 Found::Older(1)
             }
-            _ => Found::Nothing,
+            None => Found::Nothing,
         }
     }
 
@@ -282,11 +314,7 @@ impl Pins {
             Found::Older(v) => bail!(
                 "the state in {} has layout {v} (written by ingress-xdp {}); this is ingress-xdp {} (layout {LAYOUT_VERSION}): run `ingress-xdp attach` (or restart the agent) to upgrade it in place; the drops stay on meanwhile",
                 self.dir.display(),
-                if v == 1 {
-                    LAYOUT_1_BUILD
-                } else {
-                    "an older release"
-                },
+                release_of_layout(v),
                 env!("CARGO_PKG_VERSION"),
             ),
             Found::Newer(v) => Err(newer_layout(&self.dir, v)),
@@ -475,12 +503,13 @@ mod tests {
     fn layout_dirs() {
         let pins = Pins::new("/sys/fs/bpf/x");
         assert_eq!(pins.layout_dir_of(1), PathBuf::from("/sys/fs/bpf/x"));
-        assert_eq!(pins.layout_dir(), PathBuf::from("/sys/fs/bpf/x/v2"));
+        assert_eq!(pins.layout_dir_of(2), PathBuf::from("/sys/fs/bpf/x/v2"));
+        assert_eq!(pins.layout_dir(), PathBuf::from("/sys/fs/bpf/x/v3"));
         assert_eq!(
             pins.staging_dir(),
-            PathBuf::from("/sys/fs/bpf/x/v2-staging")
+            PathBuf::from("/sys/fs/bpf/x/v3-staging")
         );
-        assert_eq!(pins.map(MAP_RULES), PathBuf::from("/sys/fs/bpf/x/v2/RULES"));
+        assert_eq!(pins.map(MAP_RULES), PathBuf::from("/sys/fs/bpf/x/v3/RULES"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The rule table: a typed view of the pinned `RULES`, `RULE_COUNTERS`,
-//! `RULE_ORIGIN` and allowlist maps.
+//! The rule table: a typed view of the pinned `RULES`, `RULE_ORIGIN` and
+//! allowlist maps, and of the rules' counters ([`crate::counters`]).
 //!
 //! Changes are ordered so that a port that stays blocked is never open in
 //! between: a new allowlist is filled before the rule points at it, and old
@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use aya::maps::{
-    Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues,
+    Array, HashMap, Map, MapData, MapError,
     lpm_trie::{Key, LpmTrie},
 };
 use ingress_xdp_common::{
@@ -35,13 +35,10 @@ use serde::Serialize;
 use crate::{
     bpf::{self, MappedArray, records},
     cidr::Cidr,
+    counters::Counters,
     fixed::{from_fixed, to_fixed},
-    pins::{
-        MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_EVENT_CONFIG, MAP_RULE_COUNTERS, MAP_RULE_ORIGIN,
-        MAP_RULES, Pins,
-    },
+    pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_EVENT_CONFIG, MAP_RULE_ORIGIN, MAP_RULES, Pins},
     spec::{PortSpec, Protocol},
-    sys,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -176,17 +173,15 @@ pub struct RuleTable {
     rules: Array<MapData, Rule>,
     /// The same `RULES`, mapped: reads without a syscall per slot.
     view: MappedArray,
-    counters: PerCpuArray<MapData, RuleCounters>,
+    counters: Counters,
     allow_v4: AllowV4,
     allow_v6: AllowV6,
     origins: HashMap<MapData, RuleKey, RuleOrigin>,
     /// Whether drop events are on: every slot written carries it
     /// (`rule_flags::REPORT`).
     event_config: Array<MapData, EventConfig>,
-    /// Own fds of the maps read in batches (the typed maps keep theirs).
-    counters_fd: OwnedFd,
+    /// Own fd of the map read in batches (the typed map keeps its own).
     origins_fd: OwnedFd,
-    cpus: usize,
     /// Warned once per table that counters ran out.
     warned_full: bool,
     /// Counter slots in use, from one scan, kept up to date by allocations.
@@ -209,7 +204,6 @@ impl RuleTable {
     /// The table whose maps are pinned in `dir` (a layout being built by a
     /// migration, or the current one).
     pub fn open_dir(dir: &Path) -> Result<Self> {
-        let cpus = sys::possible_cpus()?;
         let view = MappedArray::new(
             bpf::obj_get(&dir.join(MAP_RULES))?.as_fd(),
             size_of::<Rule>(),
@@ -219,14 +213,12 @@ impl RuleTable {
         Ok(Self {
             rules: open_map_at(&dir.join(MAP_RULES))?.try_into()?,
             view,
-            counters: open_map_at(&dir.join(MAP_RULE_COUNTERS))?.try_into()?,
+            counters: Counters::open_dir(dir)?,
             allow_v4: open_map_at(&dir.join(MAP_ALLOW_V4))?.try_into()?,
             allow_v6: open_map_at(&dir.join(MAP_ALLOW_V6))?.try_into()?,
             origins: open_map_at(&dir.join(MAP_RULE_ORIGIN))?.try_into()?,
             event_config: open_map_at(&dir.join(MAP_EVENT_CONFIG))?.try_into()?,
-            counters_fd: bpf::obj_get(&dir.join(MAP_RULE_COUNTERS))?,
             origins_fd: bpf::obj_get(&dir.join(MAP_RULE_ORIGIN))?,
-            cpus,
             warned_full: false,
             used: None,
         })
@@ -292,29 +284,6 @@ impl RuleTable {
             }
         }
         Ok(changed)
-    }
-
-    /// Summed per-CPU counts of every counter slot, indexed by slot.
-    fn counter_sums(&self) -> Result<Vec<RuleCounters>> {
-        let per_cpu = size_of::<RuleCounters>();
-        let (keys, values) = bpf::lookup_batch(
-            self.counters_fd.as_fd(),
-            4,
-            per_cpu * self.cpus,
-            MAX_RULE_COUNTERS,
-            "RULE_COUNTERS",
-        )?;
-        let mut sums = vec![RuleCounters::default(); MAX_RULE_COUNTERS as usize];
-        for (index, value) in records::<u32>(&keys).zip(values.chunks_exact(per_cpu * self.cpus)) {
-            let Some(sum) = sums.get_mut(index as usize) else {
-                continue;
-            };
-            for cpu in records::<RuleCounters>(value) {
-                sum.packets += cpu.packets;
-                sum.bytes += cpu.bytes;
-            }
-        }
-        Ok(sums)
     }
 
     /// Every origin entry, in one batched read.
@@ -393,27 +362,14 @@ impl RuleTable {
             }
             return Ok(NO_COUNTER);
         };
-        self.set_counter(free, &vec![RuleCounters::default(); self.cpus])?;
+        self.counters.reset(free)?;
         self.used.get_or_insert_default().insert(free);
         Ok(free)
     }
 
-    /// Sets a counter slot's per-CPU values (a migration carries counts over).
-    pub(crate) fn set_counter(&mut self, slot: u16, per_cpu: &[RuleCounters]) -> Result<()> {
-        let values =
-            PerCpuValues::try_from(per_cpu.to_vec()).context("building per-CPU counters")?;
-        self.counters
-            .set(u32::from(slot), values, 0)
-            .with_context(|| format!("writing RULE_COUNTERS slot {slot}"))
-    }
-
-    /// A counter slot's per-CPU values.
-    pub(crate) fn counter(&self, slot: u16) -> Result<Vec<RuleCounters>> {
-        let values = self
-            .counters
-            .get(&u32::from(slot), 0)
-            .with_context(|| format!("reading RULE_COUNTERS slot {slot}"))?;
-        Ok(values.iter().copied().collect())
+    /// Adds counts an older layout kept for a counter slot (a migration).
+    pub(crate) fn carry_counter(&mut self, slot: u16, counts: RuleCounters) -> Result<()> {
+        self.counters.carry(slot, counts)
     }
 
     /// How many slots use each counter.
@@ -686,7 +642,7 @@ impl RuleTable {
         } else {
             BTreeMap::new()
         };
-        let sums = self.counter_sums()?;
+        let sums = self.counters.rule_counts()?;
         let mut out = Vec::with_capacity(slots.len());
         for (slot, rule) in slots {
             let Some(mode) = Mode::from_action(rule.action) else {

@@ -12,10 +12,15 @@
 //!    If any swap fails, the points already swapped get their old program
 //!    back: nothing changed.
 //! 4. `commit`: the old counts are added to the new counters (the old
-//!    programs are gone, so they no longer move), STATE records the layout,
+//!    programs are gone, so they no longer move; the new ones are running,
+//!    so the counts go into the counters' bases, never into the per-CPU
+//!    chunks the programs write), STATE records the layout,
 //!    and `vN-staging/` is renamed to `vN/`: from here on the new layout is the
 //!    state.
 //! 5. The old maps are unpinned (a leftover is removed on the next run).
+//!
+//! From layout 1 (release 0.1.0, maps at the top of the pin directory) and
+//! layout 2 (release 0.2.0, maps in `v2/`).
 //!
 //! Until `commit` the old maps are the state: a failed or interrupted
 //! migration leaves them, and the old programs, as they were (an interrupted
@@ -26,14 +31,14 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::{AsFd, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result, bail};
 use ingress_xdp_common::{
-    AttachCounters, AttachInfo, BUILD_LEN, IFNAME_LEN, LAYOUT_VERSION, MAX_ATTACH_POINTS,
-    MAX_RULE_COUNTERS, NETNS_PATH_LEN, NO_COUNTER, RULE_SLOTS, Rule, RuleCounters, RuleKey,
-    RuleOrigin, action,
+    AttachCounters, AttachInfo, BUILD_LEN, EventConfig, IFNAME_LEN, LAYOUT_VERSION,
+    MAX_ATTACH_POINTS, MAX_RULE_COUNTERS, NETNS_PATH_LEN, NO_COUNTER, RULE_SLOTS, Rule,
+    RuleCounters, RuleKey, RuleOrigin, action,
 };
 
 use crate::{
@@ -114,9 +119,17 @@ pub fn prepare(pins: &Pins) -> Result<Prepared> {
                     .notes
                     .push("removed the layout-1 maps an interrupted upgrade left".into());
             }
+            for v in 2..LAYOUT_VERSION {
+                if pins.layout_dir_of(v).exists() {
+                    pins::remove_map_dir(&pins.layout_dir_of(v))?;
+                    prepared.notes.push(format!(
+                        "removed the layout-{v} maps an interrupted upgrade left"
+                    ));
+                }
+            }
             Ok(prepared)
         }
-        Found::Older(1) => migrate_from_1(pins),
+        Found::Older(from @ (1 | 2)) => migrate(pins, from),
         Found::Older(v) => bail!(
             "the state in {} has layout {v}, which this build cannot migrate from",
             pins.dir().display()
@@ -132,24 +145,29 @@ fn injected_failure(step: &str) -> Result<()> {
     Ok(())
 }
 
-fn step_failed(step: &str, pins: &Pins) -> String {
+fn step_failed(step: &str, pins: &Pins, from: u32) -> String {
     format!(
-        "migrating {} from layout 1 to layout {LAYOUT_VERSION} failed at step `{step}`; the layout-1 maps and programs are untouched and still dropping",
+        "migrating {} from layout {from} to layout {LAYOUT_VERSION} failed at step `{step}`; the layout-{from} maps and programs are untouched and still dropping",
         pins.dir().display()
     )
 }
 
-fn migrate_from_1(pins: &Pins) -> Result<Prepared> {
+fn migrate(pins: &Pins, from: u32) -> Result<Prepared> {
     let staging = pins
         .fresh_staging()
         .and_then(|s| injected_failure("create").map(|()| s))
-        .with_context(|| step_failed("create", pins))?;
-    let plan = copy_layout_1(pins, &staging)
-        .and_then(|p| injected_failure("copy").map(|()| p))
-        .with_context(|| step_failed("copy", pins))?;
-    let upgraded = swap_programs(pins, &staging).with_context(|| step_failed("swap", pins))?;
+        .with_context(|| step_failed("create", pins, from))?;
+    let plan = if from == 1 {
+        copy_layout_1(pins, &staging)
+    } else {
+        copy_layout_2(pins, &staging)
+    }
+    .and_then(|p| injected_failure("copy").map(|()| p))
+    .with_context(|| step_failed("copy", pins, from))?;
+    let upgraded =
+        swap_programs(pins, &staging).with_context(|| step_failed("swap", pins, from))?;
     let mut prepared = Prepared {
-        migrated_from: Some(1),
+        migrated_from: Some(from),
         upgraded,
         notes: Vec::new(),
     };
@@ -158,15 +176,20 @@ fn migrate_from_1(pins: &Pins) -> Result<Prepared> {
             "counters restart at 0: carrying the old counts over failed ({e:#})"
         ));
     }
-    pins::write_state(&staging, 1)
+    pins::write_state(&staging, from)
         .and_then(|()| pins.commit_staging())
-        .with_context(|| step_failed("commit", pins))?;
+        .with_context(|| step_failed("commit", pins, from))?;
     injected_failure("commit").context(
         "after committing the new layout (the new programs run and drop; the old maps are still pinned, and the next attach removes them)",
     )?;
-    if let Err(e) = remove_layout_1_maps(pins) {
+    let removed = if from == 1 {
+        remove_layout_1_maps(pins)
+    } else {
+        pins::remove_map_dir(&plan.old_dir)
+    };
+    if let Err(e) = removed {
         prepared.notes.push(format!(
-            "the layout-1 maps are still pinned ({e:#}); the next attach removes them"
+            "the layout-{from} maps are still pinned ({e:#}); the next attach removes them"
         ));
     }
     Ok(prepared)
@@ -236,9 +259,18 @@ fn batch_of(
     )
 }
 
-/// Which new counter slot each layout-1 port's counts go to.
+/// Where the old counts are and which new counter slot each goes to.
 struct CounterPlan {
-    slot_of_port: BTreeMap<RuleKey, u16>,
+    old_dir: PathBuf,
+    /// The old map of per-CPU rule counts and its key: layout 1 kept one
+    /// per port (`RULE_STATS`, a hash by [`RuleKey`]), layout 2 one per
+    /// counter slot (`RULE_COUNTERS`, an array by slot, the same slots).
+    old_counters: OldCounters,
+}
+
+enum OldCounters {
+    PerPort(BTreeMap<RuleKey, u16>),
+    PerSlot(BTreeSet<u16>),
 }
 
 /// One layout-1 port rule and what it takes with it.
@@ -250,12 +282,13 @@ struct OldRule {
     origin: Option<RuleOrigin>,
 }
 
-fn copy_layout_1(pins: &Pins, staging: &Path) -> Result<CounterPlan> {
-    let old = pins.dir();
-    let mut table = RuleTable::open_dir(staging)?;
+type Origins = BTreeMap<RuleKey, RuleOrigin>;
+type Allowlists = BTreeMap<RuleKey, BTreeSet<crate::cidr::Cidr>>;
 
-    // Origins first and allowlists next, so that no rule ever points at
-    // what is not there yet (the new maps are not live, but keep the habit).
+/// Origins and allowlists, which layouts 1 and 2 keep alike. Copied before
+/// the rules, so that no rule ever points at what is not there yet (the new
+/// maps are not live, but keep the habit).
+fn copy_origins_and_allowlists(old: &Path, table: &mut RuleTable) -> Result<(Origins, Allowlists)> {
     let (keys, values) = batch_of(old, "RULE_ORIGIN", 4, size_of::<RuleOrigin>(), 65536)?;
     let origins: BTreeMap<RuleKey, RuleOrigin> = records::<RuleKey>(&keys)
         .zip(records::<RuleOrigin>(&values))
@@ -273,6 +306,13 @@ fn copy_layout_1(pins: &Pins, staging: &Path) -> Result<CounterPlan> {
             table.insert_prefix(*key, cidr)?;
         }
     }
+    Ok((origins, allow))
+}
+
+fn copy_layout_1(pins: &Pins, staging: &Path) -> Result<CounterPlan> {
+    let old = pins.dir();
+    let mut table = RuleTable::open_dir(staging)?;
+    let (origins, allow) = copy_origins_and_allowlists(old, &mut table)?;
 
     // Rules: each run of consecutive ports that 0.1.0's `list` showed as
     // one rule gets one counter slot.
@@ -345,7 +385,59 @@ fn copy_layout_1(pins: &Pins, staging: &Path) -> Result<CounterPlan> {
             },
         )?;
     }
-    Ok(CounterPlan { slot_of_port })
+    Ok(CounterPlan {
+        old_dir: old.to_path_buf(),
+        old_counters: OldCounters::PerPort(slot_of_port),
+    })
+}
+
+/// Layout 2 has the same rule slots, counter slots and attach records as
+/// layout 3: they are copied as they are.
+fn copy_layout_2(pins: &Pins, staging: &Path) -> Result<CounterPlan> {
+    let old = pins.layout_dir_of(2);
+    let mut table = RuleTable::open_dir(staging)?;
+    copy_origins_and_allowlists(&old, &mut table)?;
+
+    // The event switch first: every rule slot carries a copy of it.
+    let config: aya::maps::Array<_, EventConfig> =
+        open_map_at(&old.join(pins::MAP_EVENT_CONFIG))?.try_into()?;
+    let config = config
+        .get(&0, 0)
+        .with_context(|| format!("reading {}/EVENT_CONFIG", old.display()))?;
+    let mut new_config: aya::maps::Array<_, EventConfig> =
+        open_map_at(&staging.join(pins::MAP_EVENT_CONFIG))?.try_into()?;
+    new_config
+        .set(0, config, 0)
+        .context("writing the new EVENT_CONFIG")?;
+
+    let (keys, values) = batch_of(&old, "RULES", 4, 4, RULE_SLOTS)?;
+    let mut used = BTreeSet::new();
+    for (slot, rule) in records::<u32>(&keys).zip(records::<Rule>(&values)) {
+        if rule.action == action::NONE {
+            continue;
+        }
+        let (proto, port) = port_of(slot);
+        table.put_rule(proto, port, rule)?;
+        used.insert(rule.counter);
+    }
+
+    let mut registry = Registry::open_dir(pins, staging)?;
+    let (keys, values) = batch_of(
+        &old,
+        "ATTACH_INFO",
+        4,
+        size_of::<AttachInfo>(),
+        MAX_ATTACH_POINTS,
+    )?;
+    for (id, info) in records::<u32>(&keys).zip(records::<AttachInfo>(&values)) {
+        if info.in_use != 0 {
+            registry.set_info(id, info)?;
+        }
+    }
+    Ok(CounterPlan {
+        old_dir: old,
+        old_counters: OldCounters::PerSlot(used),
+    })
 }
 
 /// A swapped point, to put back if a later one fails.
@@ -415,35 +507,49 @@ fn swap_programs(pins: &Pins, staging: &Path) -> Result<Vec<Upgraded>> {
 /// new counters, which have counted since the swap.
 fn carry_counts(pins: &Pins, staging: &Path, plan: &CounterPlan) -> Result<()> {
     let cpus = sys::possible_cpus()?;
-    let old = pins.dir();
+    let old = &plan.old_dir;
     let mut table = RuleTable::open_dir(staging)?;
     let per_cpu = size_of::<RuleCounters>();
-    let (keys, values) = batch_of(old, "RULE_STATS", 4, per_cpu * cpus, 65536)?;
-    let mut sums: BTreeMap<u16, Vec<RuleCounters>> = BTreeMap::new();
-    for (key, value) in records::<RuleKey>(&keys).zip(values.chunks_exact(per_cpu * cpus)) {
-        let Some(&slot) = plan.slot_of_port.get(&key) else {
-            continue;
-        };
-        if slot == NO_COUNTER {
-            continue;
+    let sum_cpus = |value: &[u8]| {
+        records::<RuleCounters>(value).fold(RuleCounters::default(), |a, c| RuleCounters {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        })
+    };
+    let mut sums: BTreeMap<u16, RuleCounters> = BTreeMap::new();
+    match &plan.old_counters {
+        OldCounters::PerPort(slot_of_port) => {
+            let (keys, values) = batch_of(old, "RULE_STATS", 4, per_cpu * cpus, 65536)?;
+            for (key, value) in records::<RuleKey>(&keys).zip(values.chunks_exact(per_cpu * cpus)) {
+                let Some(&slot) = slot_of_port.get(&key) else {
+                    continue;
+                };
+                let sum = sums.entry(slot).or_default();
+                let add = sum_cpus(value);
+                sum.packets += add.packets;
+                sum.bytes += add.bytes;
+            }
         }
-        let sum = sums
-            .entry(slot)
-            .or_insert_with(|| vec![RuleCounters::default(); cpus]);
-        for (acc, c) in sum.iter_mut().zip(records::<RuleCounters>(value)) {
-            acc.packets += c.packets;
-            acc.bytes += c.bytes;
+        OldCounters::PerSlot(used) => {
+            let (keys, values) =
+                batch_of(old, "RULE_COUNTERS", 4, per_cpu * cpus, MAX_RULE_COUNTERS)?;
+            for (slot, value) in records::<u32>(&keys).zip(values.chunks_exact(per_cpu * cpus)) {
+                let Ok(slot) = u16::try_from(slot) else {
+                    continue;
+                };
+                if used.contains(&slot) {
+                    sums.insert(slot, sum_cpus(value));
+                }
+            }
         }
     }
-    for (slot, old_counts) in sums {
-        let mut now = table.counter(slot)?;
-        for (n, o) in now.iter_mut().zip(&old_counts) {
-            n.packets += o.packets;
-            n.bytes += o.bytes;
-        }
-        table.set_counter(slot, &now)?;
+    sums.remove(&NO_COUNTER);
+    for (slot, counts) in sums {
+        table.carry_counter(slot, counts)?;
     }
 
+    // Every bucket, drops included: in the new layout the programs count a
+    // point's drops in the chunks, and `dropped` here is its base.
     let mut registry = Registry::open_dir(pins, staging)?;
     let value_len = size_of::<AttachCounters>() * cpus;
     let (keys, values) = batch_of(old, "ATTACH_STATS", 4, value_len, MAX_ATTACH_POINTS)?;
@@ -453,7 +559,7 @@ fn carry_counts(pins: &Pins, staging: &Path, plan: &CounterPlan) -> Result<()> {
         }
         let mut now = registry.buckets(id)?;
         for (n, o) in now.iter_mut().zip(records::<AttachCounters>(value)) {
-            n.dropped += o.dropped;
+            n.dropped = n.dropped.wrapping_add(o.dropped);
             n.passed += o.passed;
             n.audited += o.audited;
             n.allowed += o.allowed;

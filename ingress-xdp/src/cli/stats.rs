@@ -20,9 +20,10 @@ pub(super) struct StatsDoc {
 /// a few batched reads per refresh however many rules there are.
 pub(super) fn collect_stats(registry: &Registry, table: &RuleTable) -> Result<StatsDoc> {
     let mut attach_points = Vec::new();
+    let tally = registry.tally()?;
     for point in registry.points()? {
         attach_points.push(PointStats {
-            counters: registry.counters(point.id)?,
+            counters: registry.counters_with(point.id, &tally)?,
             presence: point.presence(),
             point,
         });

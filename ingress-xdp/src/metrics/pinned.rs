@@ -88,8 +88,12 @@ impl Snapshot {
         let registry = Registry::open(pins)?;
         let table = RuleTable::open(pins)?;
         let mut points = Vec::new();
+        let tally = registry.tally()?;
         for point in registry.points()? {
-            points.push(point_sample(&point, registry.counters(point.id)?));
+            points.push(point_sample(
+                &point,
+                registry.counters_with(point.id, &tally)?,
+            ));
         }
         let entries = table.list()?;
         let counters: BTreeSet<u16> = entries
