@@ -1,6 +1,8 @@
-//! Upgrading in place a node that release 0.1.0 attached.
+//! Upgrading in place a node that an older release attached: 0.1.0
+//! (layout 1) in every scenario, and 0.2.0 (layout 2) in
+//! `attach_upgrades_0_2_0_in_place`.
 //!
-//! Every scenario starts from pinned state made by the real 0.1.0 binary
+//! Every scenario starts from pinned state made by the real old binary
 //! (built from git history by [`support::old_release`]) on a private dockerd
 //! with a one-node swarm (tests/support/docker.rs):
 //!
@@ -21,16 +23,19 @@
 //! through" means something.
 //!
 //! The contract of the new binary these tests hold it to:
-//! * `status --json` has `"layout": 2` and `"build"`, each point a `"build"`;
+//! * `status --json` has `"layout": LAYOUT_VERSION` and `"build"`, each point
+//!   a `"build"`;
 //!   program ids change, link ids do not (BPF_LINK_UPDATE on the pinned
 //!   links);
 //! * `list --json` rules gain `"counted"`; a range is one entry;
-//! * `attach` on a 0.1.0 state prints "migrated" ... "layout 1" ... "layout 2"
-//!   and one line starting with "upgraded" per point; on an up-to-date
+//! * `attach` on a layout-N state prints "migrated" ... "layout N" ...
+//!   "layout LAYOUT_VERSION" and one line starting with "upgraded" per point,
+//!   and leaves no old maps behind; on an up-to-date
 //!   state "already attached" per point;
 //! * `INGRESS_XDP_FAIL_AFTER=create|copy|swap|commit` fails the migration
 //!   right after that step, naming it;
-//! * a `v<N>` directory with N > 2 in the pin dir makes every command refuse
+//! * a `v<N>` directory with N > LAYOUT_VERSION in the pin dir makes every
+//!   command refuse
 //!   ("newer") and change nothing.
 //!
 //! The scenarios run one at a time (each has its own dockerd; the machine has
@@ -49,6 +54,10 @@ use std::{
 };
 
 use ingress_xdp::pins::Pins;
+use ingress_xdp_common::LAYOUT_VERSION;
+
+/// This build's layout, as `status --json` reports it.
+const LAYOUT: u64 = LAYOUT_VERSION as u64;
 use serde_json::Value;
 use support::{
     agent::AgentProc,
@@ -832,12 +841,12 @@ fn wait_agent_rules(w: &World, cli: &Cli, agent: &mut AgentProc, what: &str) -> 
     }
 }
 
-/// Makes a fresh 0.1.0 state on `w` with the 0.1.0 binary `old` (see the
-/// module docs). The old agent is killed before this returns.
-fn make_old_state(w: &World, old: &Path, tag: &str) -> OldState {
+/// Makes a fresh state on `w` with the binary `old` of release `release`
+/// (see the module docs). The old agent is killed before this returns.
+fn make_old_state(w: &World, release: &'static str, old: &Path, tag: &str) -> OldState {
     let t0 = Instant::now();
     let pins = PinDir::new(tag);
-    let cli = w.cli("0.1.0", old, &pins);
+    let cli = w.cli(release, old, &pins);
     let attach = w.attach_args();
     let attach: Vec<&str> = attach.iter().map(String::as_str).collect();
     cli.ok(&attach);
@@ -846,14 +855,15 @@ fn make_old_state(w: &World, old: &Path, tag: &str) -> OldState {
         cli.ok(&b);
     }
     let mut agent = w.agent(old, &pins);
-    wait_agent_rules(w, &cli, &mut agent, "0.1.0 agent");
+    wait_agent_rules(w, &cli, &mut agent, &format!("{release} agent"));
 
     // Blocked traffic at every rule (the counters), and proof that the
     // fixture's hammer sees the old state sealed.
     let warm = w.hammer(true);
     std::thread::sleep(Duration::from_millis(1500));
-    warm.stop()
-        .assert_sealed("0.1.0 state (warm-up, before any new binary ran)");
+    warm.stop().assert_sealed(&format!(
+        "{release} state (warm-up, before any new binary ran)"
+    ));
 
     let rules = cli.rules();
     let status = cli.status();
@@ -862,17 +872,20 @@ fn make_old_state(w: &World, old: &Path, tag: &str) -> OldState {
     // The fixture is what the scenarios think it is.
     let want = w.expected_rules();
     let have: BTreeMap<RuleKey, _> = rules.iter().map(|r| (r.key.clone(), r.policy())).collect();
-    assert_eq!(have, want, "the 0.1.0 state's rules are not the fixture's");
+    assert_eq!(
+        have, want,
+        "the {release} state's rules are not the fixture's"
+    );
     for q in World::quiet_rules() {
         let r = rules.iter().find(|r| r.key == q).unwrap();
         assert!(
             r.packets > 0,
-            "0.1.0 counted no packets for {q} after blocked traffic: {rules:#?}"
+            "{release} counted no packets for {q} after blocked traffic: {rules:#?}"
         );
     }
-    assert_eq!(status.points.len(), 2, "0.1.0 status: {}", status.raw);
+    assert_eq!(status.points.len(), 2, "{release} status: {}", status.raw);
     for p in &status.points {
-        assert_eq!(p.presence, "attached", "0.1.0 status: {}", status.raw);
+        assert_eq!(p.presence, "attached", "{release} status: {}", status.raw);
         let ns = p
             .netns
             .as_ref()
@@ -881,13 +894,13 @@ fn make_old_state(w: &World, old: &Path, tag: &str) -> OldState {
         assert_eq!(
             kernel_xdp_prog(&ns, &p.iface),
             Some(p.program_id),
-            "0.1.0: the kernel's program on {} is not the one status shows: {}",
+            "{release}: the kernel's program on {} is not the one status shows: {}",
             p.describe(),
             status.raw
         );
     }
     log(format!(
-        "{}: 0.1.0 state made in {}",
+        "{}: {release} state made in {}",
         w.tag,
         secs(t0.elapsed())
     ));
@@ -949,7 +962,7 @@ fn assert_rules_migrated(what: &str, old: &[Rule], new: &[Rule], same_why: bool)
     );
     assert!(
         new.iter().all(|r| r.counted.is_some()),
-        "{what}: layout-2 `list --json` rules have no \"counted\": {new:#?}"
+        "{what}: the new `list --json` rules have no \"counted\": {new:#?}"
     );
     // Counters continue: never below what 0.1.0 had, for counted rules. The
     // quiet rules had traffic only before the upgrade, so they prove it.
@@ -976,20 +989,39 @@ fn assert_rules_migrated(what: &str, old: &[Rule], new: &[Rule], same_why: bool)
     );
 }
 
-/// The new `status` is layout 2, with the same points and links as 0.1.0's
-/// and new programs on every one (checked in the kernel too).
+/// The new `status` is this build's layout, with the same points and links
+/// as the old release's and new programs on every one (checked in the
+/// kernel too); no older layout's maps are left.
 #[track_caller]
 fn assert_upgraded(what: &str, w: &World, pins: &PinDir, old: &Status, new: &Status) {
-    assert_eq!(new.layout, Some(2), "{what}: status layout: {}", new.raw);
+    assert_eq!(
+        new.layout,
+        Some(LAYOUT),
+        "{what}: status layout: {}",
+        new.raw
+    );
     let build = new.build.clone().unwrap_or_default();
     assert!(
         !build.is_empty(),
         "{what}: status has no top-level build: {}",
         new.raw
     );
+    let current = format!("v{LAYOUT_VERSION}");
     assert!(
-        pins.dir.join("v2").is_dir(),
-        "{what}: no {}/v2 after the upgrade",
+        pins.dir.join(&current).is_dir(),
+        "{what}: no {}/{current} after the upgrade",
+        pins.dir.display()
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&pins.dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", pins.dir.display()))
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| *n != current && n != "links" && !n.starts_with('.'))
+        .collect();
+    left.sort();
+    assert!(
+        left.is_empty(),
+        "{what}: the old layout's maps are still in {}: {left:?}",
         pins.dir.display()
     );
     let mut targets: Vec<_> = new.points.iter().map(Point::target).collect();
@@ -998,7 +1030,7 @@ fn assert_upgraded(what: &str, w: &World, pins: &PinDir, old: &Status, new: &Sta
     old_targets.sort();
     assert_eq!(
         targets, old_targets,
-        "{what}: attach points are not 0.1.0's, each once:\nold: {}\nnew: {}",
+        "{what}: attach points are not the old release's, each once:\nold: {}\nnew: {}",
         old.raw, new.raw
     );
     for o in &old.points {
@@ -1012,7 +1044,7 @@ fn assert_upgraded(what: &str, w: &World, pins: &PinDir, old: &Status, new: &Sta
         assert_eq!(n.hook, o.hook, "{what}: {p}: hook changed: {}", new.raw);
         assert_ne!(
             n.program_id, o.program_id,
-            "{what}: {p} still runs 0.1.0's program {}: {}",
+            "{what}: {p} still runs the old release's program {}: {}",
             o.program_id, new.raw
         );
         assert_eq!(
@@ -1092,13 +1124,14 @@ fn assert_block_and_unblock_work(what: &str, w: &World, cli: &Cli) {
     );
 }
 
-/// The contract's `attach` output on a 0.1.0 state.
+/// The contract's `attach` output on a layout-`from` state.
 #[track_caller]
-fn assert_migrated_output(what: &str, out: &str, points: usize) {
+fn assert_migrated_output(what: &str, out: &str, points: usize, from: u32) {
+    let (old, new) = (format!("layout {from}"), format!("layout {LAYOUT_VERSION}"));
     assert!(
         out.lines()
-            .any(|l| l.contains("migrated") && l.contains("layout 1") && l.contains("layout 2")),
-        "{what}: no line saying it migrated from layout 1 to layout 2:\n{out}"
+            .any(|l| l.contains("migrated") && l.contains(&old) && l.contains(&new)),
+        "{what}: no line saying it migrated from {old} to {new}:\n{out}"
     );
     let upgraded = out.lines().filter(|l| l.starts_with("upgraded")).count();
     assert_eq!(
@@ -1108,7 +1141,7 @@ fn assert_migrated_output(what: &str, out: &str, points: usize) {
 }
 
 /// Polls the new `status` until every point of `old` runs a new program on
-/// layout 2 (an agent upgrading in the background).
+/// this build's layout (an agent upgrading in the background).
 #[track_caller]
 fn wait_upgraded(what: &str, cli: &Cli, old: &Status, agent: &mut AgentProc) -> Status {
     let t0 = Instant::now();
@@ -1116,7 +1149,7 @@ fn wait_upgraded(what: &str, cli: &Cli, old: &Status, agent: &mut AgentProc) -> 
     loop {
         if let Some(s) = cli.try_status() {
             let progs = s.programs();
-            if s.layout == Some(2)
+            if s.layout == Some(LAYOUT)
                 && old_programs
                     .iter()
                     .all(|(t, id)| progs.get(t).is_some_and(|n| n != id))
@@ -1136,8 +1169,8 @@ fn wait_upgraded(what: &str, cli: &Cli, old: &Status, agent: &mut AgentProc) -> 
         if t0.elapsed() > AGENT_WAIT {
             let last = cli.out(&["status", "--json"]);
             panic!(
-                "{what}: the new agent did not upgrade the 0.1.0 state within {AGENT_WAIT:?} \
-                 (want layout 2 and new program ids on every point; 0.1.0's: {})\nlast status:\n{}\nagent log:\n{}",
+                "{what}: the new agent did not upgrade the old state within {AGENT_WAIT:?} \
+                 (want layout {LAYOUT_VERSION} and new program ids on every point; the old release's: {})\nlast status:\n{}\nagent log:\n{}",
                 old.raw,
                 text(&last),
                 agent.log()
@@ -1159,10 +1192,14 @@ fn hammer_around(w: &World, upgrade: impl FnOnce()) -> HammerReport {
 // The scenarios.
 
 #[test]
-fn old_release_builds_and_runs() {
-    let bin = old_release::release_0_1_0();
-    let out = support::sh(&format!("{} --version", bin.display()));
-    assert!(out.contains("0.1.0"), "{out}");
+fn old_releases_build_and_run() {
+    for (release, bin) in [
+        ("0.1.0", old_release::release_0_1_0()),
+        ("0.2.0", old_release::release_0_2_0()),
+    ] {
+        let out = support::sh(&format!("{} --version", bin.display()));
+        assert!(out.contains(release), "{out}");
+    }
 }
 
 #[test]
@@ -1171,7 +1208,7 @@ fn attach_upgrades_0_1_0_in_place() {
     let old_bin = old_release::release_0_1_0();
     let what = "new attach on a 0.1.0 node";
     let w = World::new("upa");
-    let old = make_old_state(&w, old_bin, "upap");
+    let old = make_old_state(&w, "0.1.0", old_bin, "upap");
     let new = w.cli("new", new_bin(), &old.pins);
     let args = w.attach_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1181,7 +1218,40 @@ fn attach_upgrades_0_1_0_in_place() {
     let out = out.unwrap();
     assert!(out.status.success(), "{what} failed:\n{}", text(&out));
     report.assert_sealed(what);
-    assert_migrated_output(what, &stdout(&out), old.status.points.len());
+    assert_migrated_output(what, &stdout(&out), old.status.points.len(), 1);
+
+    assert_rules_migrated(what, &old.rules, &new.rules(), true);
+    let status = new.status();
+    assert_upgraded(what, &w, &old.pins, &old.status, &status);
+    assert_attach_is_noop(what, &w, &new, &status);
+    assert_block_and_unblock_work(what, &w, &new);
+}
+
+/// The same from release 0.2.0 (layout 2: maps in `v2/`, a per-CPU array
+/// of rule counters), the layout this build's counter chunks replace.
+#[test]
+fn attach_upgrades_0_2_0_in_place() {
+    let _serial = serial();
+    let old_bin = old_release::release_0_2_0();
+    let what = "new attach on a 0.2.0 node";
+    let w = World::new("upf");
+    let old = make_old_state(&w, "0.2.0", old_bin, "upfp");
+    assert_eq!(
+        old.status.layout,
+        Some(2),
+        "0.2.0 status: {}",
+        old.status.raw
+    );
+    let new = w.cli("new", new_bin(), &old.pins);
+    let args = w.attach_args();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let mut out = None;
+    let report = hammer_around(&w, || out = Some(new.out(&args)));
+    let out = out.unwrap();
+    assert!(out.status.success(), "{what} failed:\n{}", text(&out));
+    report.assert_sealed(what);
+    assert_migrated_output(what, &stdout(&out), old.status.points.len(), 2);
 
     assert_rules_migrated(what, &old.rules, &new.rules(), true);
     let status = new.status();
@@ -1196,7 +1266,7 @@ fn run_upgrades_0_1_0_in_place() {
     let old_bin = old_release::release_0_1_0();
     let what = "new agent (run) on a 0.1.0 node";
     let w = World::new("upb");
-    let old = make_old_state(&w, old_bin, "upbp");
+    let old = make_old_state(&w, "0.1.0", old_bin, "upbp");
     let new = w.cli("new", new_bin(), &old.pins);
 
     let mut agent = None;
@@ -1237,7 +1307,7 @@ fn failed_migration_keeps_dropping() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     for step in ["create", "copy", "swap", "commit"] {
         let what = format!("new attach with INGRESS_XDP_FAIL_AFTER={step}");
-        let old = make_old_state(&w, old_bin, &format!("upc{}", &step[..2]));
+        let old = make_old_state(&w, "0.1.0", old_bin, &format!("upc{}", &step[..2]));
         let new = w.cli("new", new_bin(), &old.pins);
         let old_cli = w.cli("0.1.0", old_bin, &old.pins);
 
@@ -1311,14 +1381,14 @@ fn failed_migration_keeps_dropping() {
                 );
             }
         } else {
-            // Committed: layout 2 is the truth although the command failed.
+            // Committed: the new layout is the truth although the command failed.
             let status = new_status_between.unwrap_or_else(|| {
                 panic!("{what}: the new status fails after a committed migration")
             });
             assert_eq!(
                 status.layout,
-                Some(2),
-                "{what}: the committed state is not layout 2: {}",
+                Some(LAYOUT),
+                "{what}: the committed state is not layout {LAYOUT_VERSION}: {}",
                 status.raw
             );
             assert_rules_migrated(&what, &old.rules, &new_rules_between.unwrap(), true);
@@ -1331,7 +1401,7 @@ fn failed_migration_keeps_dropping() {
             text(&retried)
         );
         if step != "commit" {
-            assert_migrated_output(&what, &stdout(&retried), old.status.points.len());
+            assert_migrated_output(&what, &stdout(&retried), old.status.points.len(), 1);
         }
         assert_rules_migrated(&what, &old.rules, &new.rules(), true);
         let status = new.status();
@@ -1448,7 +1518,7 @@ fn concurrent_upgrades_are_serialised() {
     let old_bin = old_release::release_0_1_0();
     let what = "new attach and new run at once on a 0.1.0 node";
     let w = World::new("upe");
-    let old = make_old_state(&w, old_bin, "upep");
+    let old = make_old_state(&w, "0.1.0", old_bin, "upep");
     let new = w.cli("new", new_bin(), &old.pins);
     let args = w.attach_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -4,7 +4,8 @@
 //!
 //! [`release_0_1_0`] extracts commit [`COMMIT_0_1_0`] with `git archive` into
 //! `<workspace>/target/compat/0.1.0/src` and builds it there (debug, with
-//! `--locked`) into `<workspace>/target/compat/0.1.0/target`. The build is
+//! `--locked`) into `<workspace>/target/compat/0.1.0/target`;
+//! [`release_0_2_0`] does the same for [`COMMIT_0_2_0`]. The build is
 //! done once per machine: a stamp file records the commit of the binary that
 //! is there, and later calls return at once. Callers are serialised within
 //! the process (a `OnceLock`) and across test processes (an flock on
@@ -25,6 +26,9 @@ use std::{
 /// Release 0.1.0 (layout 1: maps at the top of the pin dir).
 pub const COMMIT_0_1_0: &str = "ff897f167735c695217197e17650ca4f82534cee";
 
+/// Release 0.2.0 (layout 2: maps in `v2/`, per-CPU counter array).
+pub const COMMIT_0_2_0: &str = "aeb3ed01ae6dc2df452cf79a1a5896d36d82cc78";
+
 /// The workspace the tests run in (the parent of the ingress-xdp package).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -37,6 +41,15 @@ pub fn workspace_root() -> PathBuf {
 pub fn release_0_1_0() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     match BIN.get_or_init(|| build_release("0.1.0", COMMIT_0_1_0)) {
+        Ok(bin) => bin,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The ingress-xdp binary of release 0.2.0, built on first use.
+pub fn release_0_2_0() -> &'static Path {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match BIN.get_or_init(|| build_release("0.2.0", COMMIT_0_2_0)) {
         Ok(bin) => bin,
         Err(e) => panic!("{e}"),
     }
