@@ -166,7 +166,6 @@ fn method_color(m: Method) -> RGBColor {
         | Method::MinimalEthertype
         | Method::MinimalLookup
         | Method::MinimalMaps
-        | Method::MinimalChunk
         | Method::BareDrop => CEILING,
         _ => OTHER,
     }

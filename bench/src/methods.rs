@@ -18,7 +18,7 @@ use ingress_xdp::{
 use crate::{
     counters::Counter,
     ours::Ours,
-    progs::{BARE_DROP, MINIMAL_DROP, MINIMAL_ETHERTYPE, MINIMAL_LOOKUP, MINIMAL_MAPS, MINIMAL_CHUNK, Reference},
+    progs::{BARE_DROP, MINIMAL_DROP, MINIMAL_ETHERTYPE, MINIMAL_LOOKUP, MINIMAL_MAPS, Reference},
     sh::run_in,
     topo::Pair,
     xdp_filter::XdpFilter,
@@ -40,7 +40,6 @@ pub enum Method {
     MinimalEthertype,
     MinimalLookup,
     MinimalMaps,
-    MinimalChunk,
     BareDrop,
 }
 
@@ -80,7 +79,6 @@ impl Method {
             Method::MinimalEthertype => "minimal check + EtherType",
             Method::MinimalLookup => "minimal check + rule lookup",
             Method::MinimalMaps => "minimal check + our maps",
-            Method::MinimalChunk => "minimal check + one counter chunk",
             Method::BareDrop => "bare XDP_DROP",
         }
     }
@@ -122,10 +120,10 @@ impl Method {
             }
             Method::MinimalMaps => {
                 "the minimal port check plus the memory ingress-xdp touches for a blocked port \
-                 (its rule slot, that rule's per-CPU counter, the attach point's per-CPU bucket): \
-                 the cost of those accesses; what ours adds beyond it is the parser"
+                 (its rule slot, then the per-CPU chunk holding that rule's counter and the \
+                 attach point's drop tally): the cost of those accesses; what ours adds beyond \
+                 it is the parser"
             }
-            Method::MinimalChunk => "experiment",
             Method::BareDrop => "an XDP program that returns XDP_DROP and reads nothing",
         }
     }
@@ -191,7 +189,6 @@ impl Method {
             Method::MinimalEthertype => attach_reference(pair, MINIMAL_ETHERTYPE),
             Method::MinimalLookup => attach_reference(pair, MINIMAL_LOOKUP),
             Method::MinimalMaps => attach_reference(pair, MINIMAL_MAPS),
-            Method::MinimalChunk => attach_reference(pair, MINIMAL_CHUNK),
             Method::BareDrop => attach_reference(pair, BARE_DROP),
         };
         r.with_context(|| format!("installing {} on {iface}", self.name()))

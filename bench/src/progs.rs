@@ -20,7 +20,6 @@ pub const FLOOR_TC: &str = "floor_tc";
 pub const BARE_DROP: &str = "bare_drop";
 pub const MINIMAL_DROP: &str = "minimal_drop";
 pub const MINIMAL_MAPS: &str = "minimal_maps";
-pub const MINIMAL_CHUNK: &str = "minimal_chunk";
 pub const MINIMAL_ETHERTYPE: &str = "minimal_ethertype";
 pub const MINIMAL_LOOKUP: &str = "minimal_lookup";
 pub const XDP_TX: &str = "xdp_tx";
@@ -40,7 +39,6 @@ impl Reference {
             MINIMAL_ETHERTYPE,
             MINIMAL_LOOKUP,
             MINIMAL_MAPS,
-            MINIMAL_CHUNK,
             XDP_TX,
         ] {
             let prog: &mut Xdp = program(&mut ebpf, name)?.try_into()?;

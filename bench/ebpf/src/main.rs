@@ -90,8 +90,6 @@ pub fn minimal_ethertype(ctx: XdpContext) -> u32 {
 static BUCKETS: PerCpuArray<[u64; 5]> = PerCpuArray::with_max_entries(64, 0);
 #[map]
 static SLOTS: Array<u32> = Array::with_max_entries(3 * 65536, 0);
-#[map]
-static RULE_COUNTS: PerCpuArray<[u64; 2]> = PerCpuArray::with_max_entries(4097, 0);
 
 /// The least a table-driven port filter must do: the minimal port check
 /// whose verdict comes from the port's slot in a rule array shaped like
@@ -109,59 +107,32 @@ pub fn minimal_lookup(ctx: XdpContext) -> u32 {
     }
 }
 
-/// The minimal port check plus exactly the memory ingress-xdp touches for a
-/// blocked port: the port's rule slot, the counter slot it names, and the
-/// attach point's bucket. Beside `minimal_drop` it prices those accesses;
-/// beside ingress-xdp, what remains is the parser.
+/// Rule counters in per-CPU chunks with a drop tally per attach point
+/// beside them, shaped like ingress-xdp's `CounterChunk`.
+#[repr(C)]
+pub struct Chunk {
+    drops: [u64; 64],
+    rules: [[u64; 2]; 128],
+}
+#[map]
+static CHUNKS: PerCpuArray<Chunk> = PerCpuArray::with_max_entries(33, 0);
+
+/// The minimal port check plus exactly the memory ingress-xdp touches: for
+/// a blocked port, the port's rule slot and then the chunk holding both
+/// the counter slot it names and the attach point's drop tally; for an
+/// open one, the slot and the point's bucket. Beside `minimal_drop` it
+/// prices those accesses; beside ingress-xdp, what remains is the parser.
 #[xdp]
 pub fn minimal_maps(ctx: XdpContext) -> u32 {
     let Some(dport) = fixed_dport(&ctx) else {
         return xdp_action::XDP_PASS;
     };
     let counter = SLOTS.get(u32::from(dport)).copied().unwrap_or(0) >> 16;
-    if let Some(c) = RULE_COUNTS.get_ptr_mut(counter) {
-        // SAFETY: this CPU's value.
-        unsafe {
-            (*c)[0] += 1;
-            (*c)[1] += (ctx.data_end() - ctx.data()) as u64;
-        }
-    }
-    let verdict = if dport == BLOCKED_PORT {
-        xdp_action::XDP_DROP
-    } else {
-        xdp_action::XDP_PASS
-    };
-    if let Some(b) = BUCKETS.get_ptr_mut(0) {
-        // SAFETY: this CPU's value.
-        unsafe { (*b)[(verdict == xdp_action::XDP_PASS) as usize] += 1 };
-    }
-    verdict
-}
-
-/// Rule counters grouped in per-CPU chunks, each chunk with a drop tally
-/// per attach point (the layout-3 design): a blocked packet makes one
-/// per-CPU access where layout 2 makes two.
-#[repr(C)]
-pub struct Chunk {
-    drops: [u64; 64],
-    rules: [[u64; 2]; 64],
-}
-#[map]
-static CHUNKS: PerCpuArray<Chunk> = PerCpuArray::with_max_entries(65, 0);
-
-/// `minimal_maps` with one per-CPU access for a blocked port: the rule's
-/// counter and the point's drop tally live in one chunk.
-#[xdp]
-pub fn minimal_chunk(ctx: XdpContext) -> u32 {
-    let Some(dport) = fixed_dport(&ctx) else {
-        return xdp_action::XDP_PASS;
-    };
-    let counter = SLOTS.get(u32::from(dport)).copied().unwrap_or(0) >> 16;
     if dport == BLOCKED_PORT {
-        if let Some(c) = CHUNKS.get_ptr_mut(counter >> 6) {
+        if let Some(c) = CHUNKS.get_ptr_mut(counter >> 7) {
             // SAFETY: this CPU's value.
             unsafe {
-                let r = &mut (*c).rules[(counter & 63) as usize];
+                let r = &mut (*c).rules[(counter & 127) as usize];
                 r[0] += 1;
                 r[1] += (ctx.data_end() - ctx.data()) as u64;
                 (*c).drops[0] += 1;
