@@ -1,6 +1,6 @@
 //! Upgrading in place a node that an older release attached: 0.1.0
-//! (layout 1) in every scenario, and 0.2.0 (layout 2) in
-//! `attach_upgrades_0_2_0_in_place`.
+//! (layout 1) and 0.2.0 (layout 2), each by the new `attach`, by the new
+//! `run`, and with a failure injected after each migration step.
 //!
 //! Every scenario starts from pinned state made by the real old binary
 //! (built from git history by [`support::old_release`]) on a private dockerd
@@ -1126,7 +1126,7 @@ fn assert_block_and_unblock_work(what: &str, w: &World, cli: &Cli) {
 
 /// The contract's `attach` output on a layout-`from` state.
 #[track_caller]
-fn assert_migrated_output(what: &str, out: &str, points: usize, from: u32) {
+fn assert_migrated_output(what: &str, out: &str, points: usize, from: u64) {
     let (old, new) = (format!("layout {from}"), format!("layout {LAYOUT_VERSION}"));
     assert!(
         out.lines()
@@ -1202,46 +1202,47 @@ fn old_releases_build_and_run() {
     }
 }
 
-#[test]
-fn attach_upgrades_0_1_0_in_place() {
-    let _serial = serial();
-    let old_bin = old_release::release_0_1_0();
-    let what = "new attach on a 0.1.0 node";
-    let w = World::new("upa");
-    let old = make_old_state(&w, "0.1.0", old_bin, "upap");
-    let new = w.cli("new", new_bin(), &old.pins);
-    let args = w.attach_args();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-
-    let mut out = None;
-    let report = hammer_around(&w, || out = Some(new.out(&args)));
-    let out = out.unwrap();
-    assert!(out.status.success(), "{what} failed:\n{}", text(&out));
-    report.assert_sealed(what);
-    assert_migrated_output(what, &stdout(&out), old.status.points.len(), 1);
-
-    assert_rules_migrated(what, &old.rules, &new.rules(), true);
-    let status = new.status();
-    assert_upgraded(what, &w, &old.pins, &old.status, &status);
-    assert_attach_is_noop(what, &w, &new, &status);
-    assert_block_and_unblock_work(what, &w, &new);
+/// An old release to upgrade from: its binary, and the layout it writes.
+#[derive(Clone, Copy)]
+struct Release {
+    version: &'static str,
+    bin: fn() -> &'static Path,
+    layout: u64,
 }
 
-/// The same from release 0.2.0 (layout 2: maps in `v2/`, a per-CPU array
-/// of rule counters), the layout this build's counter chunks replace.
-#[test]
-fn attach_upgrades_0_2_0_in_place() {
-    let _serial = serial();
-    let old_bin = old_release::release_0_2_0();
-    let what = "new attach on a 0.2.0 node";
-    let w = World::new("upf");
-    let old = make_old_state(&w, "0.2.0", old_bin, "upfp");
+const R0_1_0: Release = Release {
+    version: "0.1.0",
+    bin: old_release::release_0_1_0,
+    layout: 1,
+};
+
+/// Layout 2: maps in `v2/`, a per-CPU array of rule counters, the layout
+/// this build's counter chunks replace.
+const R0_2_0: Release = Release {
+    version: "0.2.0",
+    bin: old_release::release_0_2_0,
+    layout: 2,
+};
+
+/// A fresh state of `release` on `w`, checked to be its layout.
+fn old_state(w: &World, release: Release, tag: &str) -> OldState {
+    let old = make_old_state(w, release.version, (release.bin)(), tag);
+    let layout = old.status.layout.unwrap_or(1);
     assert_eq!(
-        old.status.layout,
-        Some(2),
-        "0.2.0 status: {}",
-        old.status.raw
+        layout, release.layout,
+        "{} status: {}",
+        release.version, old.status.raw
     );
+    old
+}
+
+/// The new `attach` upgrades a node `release` attached.
+fn attach_upgrades_in_place(release: Release, world: &str, pins: &str) {
+    let _serial = serial();
+    let what = format!("new attach on a {} node", release.version);
+    let what = what.as_str();
+    let w = World::new(world);
+    let old = old_state(&w, release, pins);
     let new = w.cli("new", new_bin(), &old.pins);
     let args = w.attach_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1251,7 +1252,7 @@ fn attach_upgrades_0_2_0_in_place() {
     let out = out.unwrap();
     assert!(out.status.success(), "{what} failed:\n{}", text(&out));
     report.assert_sealed(what);
-    assert_migrated_output(what, &stdout(&out), old.status.points.len(), 2);
+    assert_migrated_output(what, &stdout(&out), old.status.points.len(), release.layout);
 
     assert_rules_migrated(what, &old.rules, &new.rules(), true);
     let status = new.status();
@@ -1260,13 +1261,13 @@ fn attach_upgrades_0_2_0_in_place() {
     assert_block_and_unblock_work(what, &w, &new);
 }
 
-#[test]
-fn run_upgrades_0_1_0_in_place() {
+/// The new agent (`run`) upgrades a node `release` attached.
+fn run_upgrades_in_place(release: Release, world: &str, pins: &str) {
     let _serial = serial();
-    let old_bin = old_release::release_0_1_0();
-    let what = "new agent (run) on a 0.1.0 node";
-    let w = World::new("upb");
-    let old = make_old_state(&w, "0.1.0", old_bin, "upbp");
+    let what = format!("new agent (run) on a {} node", release.version);
+    let what = what.as_str();
+    let w = World::new(world);
+    let old = old_state(&w, release, pins);
     let new = w.cli("new", new_bin(), &old.pins);
 
     let mut agent = None;
@@ -1299,17 +1300,50 @@ fn run_upgrades_0_1_0_in_place() {
 }
 
 #[test]
-fn failed_migration_keeps_dropping() {
+fn attach_upgrades_0_1_0_in_place() {
+    attach_upgrades_in_place(R0_1_0, "upa", "upap");
+}
+
+#[test]
+fn attach_upgrades_0_2_0_in_place() {
+    attach_upgrades_in_place(R0_2_0, "upf", "upfp");
+}
+
+#[test]
+fn run_upgrades_0_1_0_in_place() {
+    run_upgrades_in_place(R0_1_0, "upb", "upbp");
+}
+
+#[test]
+fn run_upgrades_0_2_0_in_place() {
+    run_upgrades_in_place(R0_2_0, "upg", "upgp");
+}
+
+#[test]
+fn failed_migration_from_0_1_0_keeps_dropping() {
+    failed_migration_keeps_dropping(R0_1_0, "upc");
+}
+
+#[test]
+fn failed_migration_from_0_2_0_keeps_dropping() {
+    failed_migration_keeps_dropping(R0_2_0, "uph");
+}
+
+/// A failure injected after each step of a migration from `release`.
+fn failed_migration_keeps_dropping(release: Release, tag: &str) {
     let _serial = serial();
-    let old_bin = old_release::release_0_1_0();
-    let w = World::new("upc");
+    let old_bin = (release.bin)();
+    let w = World::new(tag);
     let args = w.attach_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     for step in ["create", "copy", "swap", "commit"] {
-        let what = format!("new attach with INGRESS_XDP_FAIL_AFTER={step}");
-        let old = make_old_state(&w, "0.1.0", old_bin, &format!("upc{}", &step[..2]));
+        let what = format!(
+            "new attach on a {} node with INGRESS_XDP_FAIL_AFTER={step}",
+            release.version
+        );
+        let old = old_state(&w, release, &format!("{tag}{}", &step[..2]));
         let new = w.cli("new", new_bin(), &old.pins);
-        let old_cli = w.cli("0.1.0", old_bin, &old.pins);
+        let old_cli = w.cli(release.version, old_bin, &old.pins);
 
         let mut failed = None;
         let mut retried = None;
@@ -1355,7 +1389,7 @@ fn failed_migration_keeps_dropping() {
         report.assert_sealed(&what);
 
         if let Some((rules, status, kernel)) = old_between {
-            // Not committed: 0.1.0's maps and programs are still what runs.
+            // Not committed: the old maps and programs are still what runs.
             let strip = |r: &[Rule]| {
                 r.iter()
                     .map(|r| (r.key.clone(), r.policy(), r.why.clone()))
@@ -1364,7 +1398,7 @@ fn failed_migration_keeps_dropping() {
             assert_eq!(
                 strip(&rules),
                 strip(&old.rules),
-                "{what}: 0.1.0's rules changed after the failed migration"
+                "{what}: the old rules changed after the failed migration"
             );
             assert_eq!(
                 status.programs(),
@@ -1377,7 +1411,7 @@ fn failed_migration_keeps_dropping() {
                 assert_eq!(
                     running,
                     Some(recorded),
-                    "{what}: the kernel does not run 0.1.0's program on {point} any more"
+                    "{what}: the kernel does not run the old program on {point} any more"
                 );
             }
         } else {
@@ -1401,7 +1435,12 @@ fn failed_migration_keeps_dropping() {
             text(&retried)
         );
         if step != "commit" {
-            assert_migrated_output(&what, &stdout(&retried), old.status.points.len(), 1);
+            assert_migrated_output(
+                &what,
+                &stdout(&retried),
+                old.status.points.len(),
+                release.layout,
+            );
         }
         assert_rules_migrated(&what, &old.rules, &new.rules(), true);
         let status = new.status();
@@ -1515,10 +1554,9 @@ fn older_binary_refuses_newer_layout() {
 #[test]
 fn concurrent_upgrades_are_serialised() {
     let _serial = serial();
-    let old_bin = old_release::release_0_1_0();
     let what = "new attach and new run at once on a 0.1.0 node";
     let w = World::new("upe");
-    let old = make_old_state(&w, "0.1.0", old_bin, "upep");
+    let old = old_state(&w, R0_1_0, "upep");
     let new = w.cli("new", new_bin(), &old.pins);
     let args = w.attach_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
