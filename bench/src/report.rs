@@ -182,8 +182,9 @@ fn part1(md: &mut String, run: &Run) {
          compares it (no parsing, no map, no counter); \"minimal + rule lookup\" takes its \
          verdict from the port's slot in an array shaped like our rule table (the one access no \
          table-driven filter can skip); \"minimal + our maps\" adds exactly \
-         the memory ours touches for a blocked port (its rule slot, that rule's per-CPU \
-         counter, the attach point's per-CPU bucket), so the ladder bare -> minimal -> \
+         the memory ours touches for a blocked port (its rule slot, then the per-CPU chunk \
+         holding that rule's counter and the attach point's drop tally), so the ladder bare \
+         -> minimal -> \
          rule lookup -> minimal + our maps -> ours prices the packet, the lookup, the \
          counters and the parser apart. \
          \"ours XDP, events on\" has drop events on at the default rate limit; \"ours XDP, no \
