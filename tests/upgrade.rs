@@ -1257,8 +1257,59 @@ fn attach_upgrades_in_place(release: Release, world: &str, pins: &str) {
     assert_rules_migrated(what, &old.rules, &new.rules(), true);
     let status = new.status();
     assert_upgraded(what, &w, &old.pins, &old.status, &status);
+    if release.layout >= 2 {
+        // 0.1.0 predates the check; later releases must refuse.
+        assert_old_binary_refuses(what, &w, release, &old.pins, &new);
+    }
     assert_attach_is_noop(what, &w, &new, &status);
     assert_block_and_unblock_work(what, &w, &new);
+}
+
+/// The old release, run again on the upgraded node, refuses the newer
+/// layout and changes nothing: no rule, no program.
+#[track_caller]
+fn assert_old_binary_refuses(what: &str, w: &World, release: Release, pins: &PinDir, new: &Cli) {
+    let old_cli = w.cli(release.version, (release.bin)(), pins);
+    let policies = |rules: Vec<Rule>| {
+        rules
+            .into_iter()
+            .map(|r| (r.key.clone(), r.policy()))
+            .collect::<Vec<_>>()
+    };
+    let rules = policies(new.rules());
+    let status = new.status();
+    let refused = REFUSED.to_string();
+    let attach = w.attach_args();
+    let attach: Vec<&str> = attach.iter().map(String::as_str).collect();
+    for cmd in [
+        vec!["list", "--json"],
+        vec!["block", &refused],
+        vec!["unblock", &refused],
+        attach,
+        vec!["detach"],
+    ] {
+        let out = old_cli.out(&cmd);
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(
+            !out.status.success() && all.contains("newer"),
+            "{what}: {} `{}` on the upgraded node did not refuse with \"newer\":\n{}",
+            release.version,
+            cmd.join(" "),
+            text(&out)
+        );
+    }
+    assert_eq!(
+        policies(new.rules()),
+        rules,
+        "{what}: the refused {} commands changed the rules",
+        release.version
+    );
+    assert_eq!(
+        new.status().programs(),
+        status.programs(),
+        "{what}: the refused {} commands changed the programs",
+        release.version
+    );
 }
 
 /// The new agent (`run`) upgrades a node `release` attached.
