@@ -372,13 +372,14 @@ fn children_kernel_ms() -> f64 {
 /// (points attached, rules).
 pub fn stats_refresh(registry: &Registry, table: &RuleTable) -> Result<(usize, usize)> {
     let mut attached = 0;
+    let tally = table.tally()?;
     for point in registry.points()? {
-        let counters = registry.counters(point.id)?;
+        let counters = registry.counters_with(point.id, &tally)?;
         let presence = point.presence();
         std::hint::black_box(&counters);
         attached += usize::from(presence == Presence::Attached);
     }
-    let rules = table.ranges()?;
+    let rules = table.ranges_with(&tally)?;
     Ok((attached, std::hint::black_box(rules).len()))
 }
 

@@ -35,7 +35,8 @@ use ingress_xdp_common::{
     event_verdict, rule_flags, rule_slot,
 };
 
-/// Set by the loader for each attach point (index into `ATTACH_STATS`).
+/// Set by the loader for each attach point (index into `ATTACH_STATS` and
+/// into each counter chunk's drop tallies).
 #[unsafe(no_mangle)]
 static ATTACH_ID: u32 = 0;
 

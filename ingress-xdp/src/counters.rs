@@ -57,7 +57,8 @@ impl Tally {
     }
 }
 
-fn plus(a: RuleCounters, b: RuleCounters) -> RuleCounters {
+/// The sum of two counts (wrapping, as bases may stand below zero).
+pub(crate) fn plus(a: RuleCounters, b: RuleCounters) -> RuleCounters {
     RuleCounters {
         packets: a.packets.wrapping_add(b.packets),
         bytes: a.bytes.wrapping_add(b.bytes),
@@ -135,9 +136,9 @@ impl Counters {
     }
 
     /// Every counter slot's count since it was given to its rule, indexed
-    /// by slot (two batched reads).
-    pub fn rule_counts(&self) -> Result<Vec<RuleCounters>> {
-        let tally = self.tally()?;
+    /// by slot: `tally` (see [`Counters::tally`]) less the bases, which
+    /// take one more batched read.
+    pub fn rule_counts(&self, tally: &Tally) -> Result<Vec<RuleCounters>> {
         let bases = self.bases()?;
         Ok(tally
             .rules

@@ -35,7 +35,7 @@ use serde::Serialize;
 use crate::{
     bpf::{self, MappedArray, records},
     cidr::Cidr,
-    counters::Counters,
+    counters::{Counters, Tally},
     fixed::{from_fixed, to_fixed},
     pins::{MAP_ALLOW_V4, MAP_ALLOW_V6, MAP_EVENT_CONFIG, MAP_RULE_ORIGIN, MAP_RULES, Pins},
     spec::{PortSpec, Protocol},
@@ -367,11 +367,6 @@ impl RuleTable {
         Ok(free)
     }
 
-    /// Adds counts an older layout kept for a counter slot (a migration).
-    pub(crate) fn carry_counter(&mut self, slot: u16, counts: RuleCounters) -> Result<()> {
-        self.counters.carry(slot, counts)
-    }
-
     /// How many slots use each counter.
     fn counter_use(&self) -> BTreeMap<u16, usize> {
         let mut out = BTreeMap::new();
@@ -630,8 +625,20 @@ impl RuleTable {
         Ok(removal)
     }
 
+    /// What the counter chunks hold now: read once, it serves both
+    /// [`RuleTable::list_with`] and the attach points' drops
+    /// ([`crate::attach::Registry::counters_with`]).
+    pub fn tally(&self) -> Result<Tally> {
+        self.counters.tally()
+    }
+
     /// Every port's rule, ordered by protocol then port.
     pub fn list(&self) -> Result<Vec<RuleEntry>> {
+        self.list_with(&self.tally()?)
+    }
+
+    /// [`RuleTable::list`] with the counts in `tally`.
+    pub fn list_with(&self, tally: &Tally) -> Result<Vec<RuleEntry>> {
         let slots = self.scan();
         let origins = self.all_origins()?;
         let allowlists = if slots
@@ -642,7 +649,7 @@ impl RuleTable {
         } else {
             BTreeMap::new()
         };
-        let sums = self.counters.rule_counts()?;
+        let sums = self.counters.rule_counts(tally)?;
         let mut out = Vec::with_capacity(slots.len());
         for (slot, rule) in slots {
             let Some(mode) = Mode::from_action(rule.action) else {
@@ -687,7 +694,12 @@ impl RuleTable {
 
     /// Rules as the operator sees them: ranges folded, one counter each.
     pub fn ranges(&self) -> Result<Vec<RuleRange>> {
-        Ok(fold_ranges(&self.list()?))
+        self.ranges_with(&self.tally()?)
+    }
+
+    /// [`RuleTable::ranges`] with the counts in `tally`.
+    pub fn ranges_with(&self, tally: &Tally) -> Result<Vec<RuleRange>> {
+        Ok(fold_ranges(&self.list_with(tally)?))
     }
 }
 

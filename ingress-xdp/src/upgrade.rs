@@ -44,6 +44,7 @@ use ingress_xdp_common::{
 use crate::{
     attach::{self, AttachPoint, Registry},
     bpf::{self, records},
+    counters::{Counters, plus},
     fixed::to_fixed,
     pins::{self, Found, LAYOUT_1_BUILD, Pins},
     rules::{RuleTable, open_map_at, port_of, read_allowlists},
@@ -508,14 +509,10 @@ fn swap_programs(pins: &Pins, staging: &Path) -> Result<Vec<Upgraded>> {
 fn carry_counts(pins: &Pins, staging: &Path, plan: &CounterPlan) -> Result<()> {
     let cpus = sys::possible_cpus()?;
     let old = &plan.old_dir;
-    let mut table = RuleTable::open_dir(staging)?;
+    let mut counters = Counters::open_dir(staging)?;
     let per_cpu = size_of::<RuleCounters>();
-    let sum_cpus = |value: &[u8]| {
-        records::<RuleCounters>(value).fold(RuleCounters::default(), |a, c| RuleCounters {
-            packets: a.packets + c.packets,
-            bytes: a.bytes + c.bytes,
-        })
-    };
+    let sum_cpus =
+        |value: &[u8]| records::<RuleCounters>(value).fold(RuleCounters::default(), plus);
     let mut sums: BTreeMap<u16, RuleCounters> = BTreeMap::new();
     match &plan.old_counters {
         OldCounters::PerPort(slot_of_port) => {
@@ -525,9 +522,7 @@ fn carry_counts(pins: &Pins, staging: &Path, plan: &CounterPlan) -> Result<()> {
                     continue;
                 };
                 let sum = sums.entry(slot).or_default();
-                let add = sum_cpus(value);
-                sum.packets += add.packets;
-                sum.bytes += add.bytes;
+                *sum = plus(*sum, sum_cpus(value));
             }
         }
         OldCounters::PerSlot(used) => {
@@ -545,7 +540,7 @@ fn carry_counts(pins: &Pins, staging: &Path, plan: &CounterPlan) -> Result<()> {
     }
     sums.remove(&NO_COUNTER);
     for (slot, counts) in sums {
-        table.carry_counter(slot, counts)?;
+        counters.carry(slot, counts)?;
     }
 
     // Every bucket, drops included: in the new layout the programs count a

@@ -40,16 +40,22 @@ pub fn workspace_root() -> PathBuf {
 /// The ingress-xdp binary of release 0.1.0, built on first use.
 pub fn release_0_1_0() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(|| build_release("0.1.0", COMMIT_0_1_0)) {
-        Ok(bin) => bin,
-        Err(e) => panic!("{e}"),
-    }
+    built_once(&BIN, "0.1.0", COMMIT_0_1_0)
 }
 
 /// The ingress-xdp binary of release 0.2.0, built on first use.
 pub fn release_0_2_0() -> &'static Path {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BIN.get_or_init(|| build_release("0.2.0", COMMIT_0_2_0)) {
+    built_once(&BIN, "0.2.0", COMMIT_0_2_0)
+}
+
+/// The release's binary, built by the first caller in this process.
+fn built_once(
+    cell: &'static OnceLock<Result<PathBuf, String>>,
+    version: &str,
+    commit: &str,
+) -> &'static Path {
+    match cell.get_or_init(|| build_release(version, commit)) {
         Ok(bin) => bin,
         Err(e) => panic!("{e}"),
     }

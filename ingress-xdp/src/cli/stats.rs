@@ -20,7 +20,8 @@ pub(super) struct StatsDoc {
 /// a few batched reads per refresh however many rules there are.
 pub(super) fn collect_stats(registry: &Registry, table: &RuleTable) -> Result<StatsDoc> {
     let mut attach_points = Vec::new();
-    let tally = registry.tally()?;
+    // One read of the counter chunks for the points' drops and the rules.
+    let tally = table.tally()?;
     for point in registry.points()? {
         attach_points.push(PointStats {
             counters: registry.counters_with(point.id, &tally)?,
@@ -30,7 +31,7 @@ pub(super) fn collect_stats(registry: &Registry, table: &RuleTable) -> Result<St
     }
     Ok(StatsDoc {
         attach_points,
-        rules: table.ranges()?,
+        rules: table.ranges_with(&tally)?,
     })
 }
 

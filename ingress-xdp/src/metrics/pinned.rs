@@ -88,14 +88,14 @@ impl Snapshot {
         let registry = Registry::open(pins)?;
         let table = RuleTable::open(pins)?;
         let mut points = Vec::new();
-        let tally = registry.tally()?;
+        let tally = table.tally()?;
         for point in registry.points()? {
             points.push(point_sample(
                 &point,
                 registry.counters_with(point.id, &tally)?,
             ));
         }
-        let entries = table.list()?;
+        let entries = table.list_with(&tally)?;
         let counters: BTreeSet<u16> = entries
             .iter()
             .filter(|e| e.counted)
